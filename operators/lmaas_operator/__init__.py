@@ -1,0 +1,1 @@
+"""The lmaas Kubernetes operator (kopf): custom resources → Deployments, Services, …"""

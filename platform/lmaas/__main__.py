@@ -1,0 +1,5 @@
+"""`python -m lmaas` runs the `lmaas` command."""
+
+from lmaas.cli import main
+
+main()
