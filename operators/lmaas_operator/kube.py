@@ -8,6 +8,7 @@ this boundary into `KubeError` and its subclasses, so handlers never see httpx.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +126,10 @@ class KubeClient:
         try:
             config.load_incluster_config(client_configuration=cfg)
         except config.ConfigException:
-            config.load_kube_config(client_configuration=cfg)
+            # KUBECONFIG is read now, not when the kubernetes package was imported.
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg
+            )
         headers = {}
         token = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
         if token:

@@ -61,8 +61,10 @@ def _tolerations(tolerations: list[Toleration]) -> list[dict[str, Any]]:
     return [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations]
 
 
-def _env(spec: ModelServiceSpec, model_name: str, model: ModelSpec, port: int):
-    env = {
+def _env(
+    spec: ModelServiceSpec, model_name: str, model: ModelSpec, port: int, extra: dict[str, str]
+) -> list[dict[str, str]]:
+    env = dict(extra) | {
         "LMAAS_RUNTIME_HOST": "0.0.0.0",
         "LMAAS_RUNTIME_PORT": str(port),
         "LMAAS_BASE_MODEL": model.source,
@@ -109,7 +111,7 @@ def deployment(
         "name": "runtime",
         "image": spec.runtime.image or settings.runtime_image,
         "command": ["lmaas", "runtime"],
-        "env": _env(spec, model_name, model, port),
+        "env": _env(spec, model_name, model, port, settings.runtime_env),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": {
             "requests": {
@@ -136,8 +138,6 @@ def deployment(
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
-    if settings.runtime_env_secret:
-        container["envFrom"] = [{"secretRef": {"name": settings.runtime_env_secret}}]
     planned = group.planned
     annotations = {
         n.ANNOTATION_PLANNED_REPLICAS: str(planned),

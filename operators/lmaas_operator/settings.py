@@ -33,9 +33,10 @@ class OperatorSettings(BaseSettings):
         default="app.kubernetes.io/component=gateway",
         description="Label selector (k=v,…) of the gateway pods, for the NetworkPolicies.",
     )
-    runtime_env_secret: str | None = Field(
-        default=None,
-        description="Secret whose keys become env vars of every runtime pod (LMAAS_* settings).",
+    runtime_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment of every runtime pod, as JSON (e.g. LMAAS_ARTIFACT_URL "
+        "of the shared object store the adapters are read from).",
     )
     resync_interval_s: float = Field(
         default=60.0, description="How often every resource is re-checked and drift corrected."

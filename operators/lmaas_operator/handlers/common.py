@@ -30,10 +30,11 @@ def parse(model: type[M], spec: Mapping[str, Any]) -> M:
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
 
 
-def _write(patch: kopf.Patch, fields: dict[str, Any]) -> None:
+def _write(patch: kopf.Patch, status: Mapping[str, Any], fields: dict[str, Any]) -> None:
     for key, value in fields.items():
-        if not key.startswith("_"):
-            patch.status[key] = value
+        if key.startswith("_") or (value is None and key not in (status or {})):
+            continue  # a null for an absent key would be patched on every pass
+        patch.status[key] = value
 
 
 def reconcile(
@@ -84,7 +85,7 @@ def reconcile(
         if timer:
             return None
         raise kopf.TemporaryError("the platform database failed", delay=10) from exc
-    _write(patch, fields)
+    _write(patch, status, fields)
     ok, reason, message = ready_reason(fields) if ready_reason else (True, "Reconciled", "")
     patch.status["conditions"] = set_condition(
         conditions, "Ready", ok, reason, message, generation=generation

@@ -32,6 +32,16 @@ def set_deps(value: Deps | None) -> None:
     _deps = value
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: $KUBECONFIG (read now, not at import)."""
+    return (
+        kopf.login_with_service_account(**kwargs)
+        or kopf.login_with_kubeconfig(**kwargs)
+        or kopf.login_via_client(**kwargs)
+    )
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     op = OperatorSettings()
