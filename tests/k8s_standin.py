@@ -9,7 +9,8 @@ subclass adds them (numbers as in shared/K8S-TESTING.md):
  2. paths of the cluster-scoped `namespaces` resource parsed right;
  3. `v1/namespaces`, CRDs and every kind the chart and the operator use declared;
  4. a failed JSON-patch `test` answers 422 Invalid, not 500;
- 5. (clients get a short watch timeout from the tests, since WATCH ignores resourceVersion);
+ 5. WATCH ends after `timeoutSeconds` (it ignores resourceVersion: clients that re-watch
+    often, as the tests configure kopf to, re-list and miss nothing for long);
  6. core discovery answers `groupVersion: v1`, not `/v1`;
  7. LIST answers carry `kind: <Kind>List` and `apiVersion`;
  8. `labelSelector` (=, ==, !=, in, notin, exists, !exists) and `fieldSelector`
@@ -114,7 +115,9 @@ if getattr(parsing.parse_path, "__name__", "") != "_parse_path":
     parsing.parse_path = _parse_path  # rendering.Request._parse looks it up on the module
 
 
-_SELECTOR_PART = re.compile(r"\s*(!?)([\w./-]+)\s*(?:(==|=|!=)\s*([\w./-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*")
+_SELECTOR_PART = re.compile(
+    r"\s*(!?)([\w./-]+)\s*(?:(==|=|!=)\s*([\w./-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*"
+)
 
 
 def _split_selector(selector: str) -> list[str]:
@@ -144,7 +147,9 @@ def matches_selector(labels: dict[str, str], selector: str | None) -> bool:
             ok = labels.get(key) != value
         elif set_op:
             choices = {v.strip() for v in values.split(",")}
-            ok = (labels.get(key) in choices) if set_op == "in" else (labels.get(key) not in choices)
+            ok = (
+                (labels.get(key) in choices) if set_op == "in" else (labels.get(key) not in choices)
+            )
         else:
             ok = (key in labels) != bool(negate)
         if not ok:
@@ -178,6 +183,8 @@ class LmaasEmulator(kmock.KubernetesEmulator):
 
     _versions: Iterable[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _kinds: dict[Any, str] = attrs.field(factory=dict, init=False)
+    # (METHOD, path regex) → status: injected failures, e.g. to stop a reconcile half-way.
+    faults: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -232,6 +239,10 @@ class LmaasEmulator(kmock.KubernetesEmulator):
         return None
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        for (method, pattern), status in list(self.faults.items()):
+            verb = str(getattr(request.method, "value", request.method)).upper()
+            if verb == method and re.search(pattern, request.url.path):
+                raise kmock.KubernetesError(status=status, reason="InjectedFault", message=pattern)
         if request.resource is not None and request.method == enums.method.PUT and request.name:
             return await self._replace(request)
         if request.resource is not None:
@@ -260,8 +271,10 @@ class LmaasEmulator(kmock.KubernetesEmulator):
             if isinstance(data, dict):
                 meta = data.get("metadata") or {}
                 wanted = meta.get("resourceVersion")
-                if stored is not None and wanted and wanted != stored.get("metadata", {}).get(
-                    "resourceVersion"
+                if (
+                    stored is not None
+                    and wanted
+                    and wanted != stored.get("metadata", {}).get("resourceVersion")
                 ):
                     raise kmock.KubernetesError(
                         status=409, reason="Conflict", message="the object has been modified"
@@ -314,11 +327,27 @@ class LmaasEmulator(kmock.KubernetesEmulator):
         return payload
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
-        """Fix 8 for watches."""
-        async for event in super()._serve_watch(request):
-            if isinstance(event, dict) and not _visible(request, event.get("object") or {}):
-                continue
-            yield event
+        """Fixes 5 and 8: the stream ends after `timeoutSeconds` (clients then re-list and
+        re-watch, as with a real server) and carries only what the selectors match."""
+        timeout = float(request.params.get("timeoutSeconds") or 0) or None
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        events = super()._serve_watch(request).__aiter__()
+        try:
+            while True:
+                remaining = (
+                    None if deadline is None else deadline - asyncio.get_running_loop().time()
+                )
+                if remaining is not None and remaining <= 0:
+                    return
+                try:
+                    event = await asyncio.wait_for(events.__anext__(), remaining)
+                except (TimeoutError, StopAsyncIteration):
+                    return
+                if isinstance(event, dict) and not _visible(request, event.get("object") or {}):
+                    continue
+                yield event
+        finally:
+            await events.aclose()
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         """Fix 10: standard reasons, no tracebacks."""
@@ -423,6 +452,15 @@ class KubeStandIn:
     def declare_crd(self, crd: dict[str, Any]) -> None:
         assert self.emulator is not None
         self._loop.call_soon_threadsafe(self.emulator.declare_crd, crd)
+
+    def fail(self, method: str, path_pattern: str, status: int = 503) -> None:
+        """Answer `status` to every `method` request whose path matches, until `heal()`."""
+        assert self.emulator is not None
+        self.emulator.faults[(method.upper(), path_pattern)] = status
+
+    def heal(self) -> None:
+        assert self.emulator is not None
+        self.emulator.faults.clear()
 
     def dump(self) -> str:
         """Every stored object, for failure messages."""

@@ -38,7 +38,10 @@ A100 = GPUTypeSpec.model_validate(
         "gpusPerReplica": 2,
         "nodeSelector": {"gpu": "a100"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "spot": {"nodeSelector": {"spot": "true"}, "tolerations": [{"key": "spot", "operator": "Exists"}]},
+        "spot": {
+            "nodeSelector": {"spot": "true"},
+            "tolerations": [{"key": "spot", "operator": "Exists"}],
+        },
     }
 )
 
@@ -50,12 +53,19 @@ def valid(obj: dict) -> dict:
 
 def service_spec(**scaling) -> ModelServiceSpec:
     return ModelServiceSpec.model_validate(
-        {"model": "smol", "slo": {"targetMs": 40}, "scaling": scaling, "runtime": {"env": {"X": "1"}}}
+        {
+            "model": "smol",
+            "slo": {"targetMs": 40},
+            "scaling": scaling,
+            "runtime": {"env": {"X": "1"}},
+        }
     )
 
 
 def test_tenant_objects_are_valid_and_labelled() -> None:
-    spec = TenantSpec.model_validate({"quotas": {"gpus": 4, "pods": 10}, "egressCidrs": ["10.0.0.0/8"]})
+    spec = TenantSpec.model_validate(
+        {"quotas": {"gpus": 4, "pods": 10}, "egressCidrs": ["10.0.0.0/8"]}
+    )
     ns = valid(tm.tenant_namespace_manifest("acme", "tenant-acme", OWNER))
     assert ns["metadata"]["labels"][n.LABEL_TENANT] == "acme"
     quota = valid(tm.resource_quota("acme", "tenant-acme", spec, OWNER))
@@ -72,7 +82,9 @@ def test_tenant_objects_are_valid_and_labelled() -> None:
 
 def test_network_policy_allows_only_own_namespace_platform_and_dns() -> None:
     spec = TenantSpec.model_validate({"egressCidrs": ["10.1.0.0/16"]})
-    policy = valid(tm.network_policy("acme", "tenant-acme", spec, OWNER, platform_namespace="lmaas"))
+    policy = valid(
+        tm.network_policy("acme", "tenant-acme", spec, OWNER, platform_namespace="lmaas")
+    )
     body = policy["spec"]
     assert body["podSelector"] == {} and body["policyTypes"] == ["Ingress", "Egress"]
     sources = body["ingress"][0]["from"]
@@ -150,8 +162,12 @@ def test_serverless_deployment_starts_at_zero_with_the_plan_annotated() -> None:
 
 
 def test_service_and_pdb_select_every_gpu_type() -> None:
-    svc = valid(sm.runtime_service(service="chat", namespace="ns", tenant="acme", port=8001, owner=OWNER))
-    pdb = valid(sm.pod_disruption_budget(service="chat", namespace="ns", tenant="acme", owner=OWNER))
+    svc = valid(
+        sm.runtime_service(service="chat", namespace="ns", tenant="acme", port=8001, owner=OWNER)
+    )
+    pdb = valid(
+        sm.pod_disruption_budget(service="chat", namespace="ns", tenant="acme", owner=OWNER)
+    )
     assert n.LABEL_GPU_TYPE not in svc["spec"]["selector"]
     assert pdb["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
     assert sm.service_endpoint("chat", "ns", 8001) == "http://chat.ns.svc:8001"

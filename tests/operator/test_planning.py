@@ -10,13 +10,22 @@ from lmaas_operator import planning
 from lmaas_operator.resources import GPUTypeSpec, ModelServiceSpec, ModelSpec
 
 MODEL = ModelSpec(
-    source="/m", num_params=8_000_000_000, num_layers=32, hidden_size=4096, num_kv_heads=8, head_dim=128
+    source="/m",
+    num_params=8_000_000_000,
+    num_layers=32,
+    hidden_size=4096,
+    num_kv_heads=8,
+    head_dim=128,
 )
 GPUS = {
-    "a100": GPUTypeSpec(memory_gib=80, price_per_hour=3.67, bf16_tflops=312, mem_bandwidth_gbps=2039),
+    "a100": GPUTypeSpec(
+        memory_gib=80, price_per_hour=3.67, bf16_tflops=312, mem_bandwidth_gbps=2039
+    ),
     "l4": GPUTypeSpec(memory_gib=24, price_per_hour=0.71, bf16_tflops=121, mem_bandwidth_gbps=300),
 }
-HAVE_PLANNER = importlib.util.find_spec("lmaas.placement") is not None and planning.planner_available()
+HAVE_PLANNER = (
+    importlib.util.find_spec("lmaas.placement") is not None and planning.planner_available()
+)
 needs_planner = pytest.mark.skipif(
     not HAVE_PLANNER, reason="lmaas.placement (the planner) has not landed on this branch yet"
 )
@@ -43,7 +52,9 @@ def test_explicit_mix_is_priced_and_capped() -> None:
 
 def test_explicit_mix_of_unknown_gpu_says_what_to_create() -> None:
     with pytest.raises(planning.PlanningError, match="h100"):
-        planning.compute_plan(spec(gpu={"mode": "explicit", "counts": {"h100": 1}}), "m", MODEL, GPUS)
+        planning.compute_plan(
+            spec(gpu={"mode": "explicit", "counts": {"h100": 1}}), "m", MODEL, GPUS
+        )
     with pytest.raises(planning.PlanningError, match="no replicas"):
         planning.compute_plan(spec(gpu={"mode": "explicit"}), "m", MODEL, GPUS)
 
@@ -77,7 +88,9 @@ def test_auto_plan_meets_the_load_on_known_gpus() -> None:
 
 @needs_planner
 def test_auto_plan_uses_only_the_allowed_types() -> None:
-    plan = planning.compute_plan(spec(gpu={"types": ["l4"]}, workload={"rate": 2}), "m", MODEL, GPUS)
+    plan = planning.compute_plan(
+        spec(gpu={"types": ["l4"]}, workload={"rate": 2}), "m", MODEL, GPUS
+    )
     assert set(plan.counts) <= {"l4"}
     with pytest.raises(planning.PlanningError, match="h100"):
         planning.compute_plan(spec(gpu={"types": ["h100"]}), "m", MODEL, GPUS)
@@ -85,5 +98,7 @@ def test_auto_plan_uses_only_the_allowed_types() -> None:
 
 @needs_planner
 def test_min_replicas_is_honoured() -> None:
-    plan = planning.compute_plan(spec(scaling={"minReplicas": 3}, workload={"rate": 0.1}), "m", MODEL, GPUS)
+    plan = planning.compute_plan(
+        spec(scaling={"minReplicas": 3}, workload={"rate": 0.1}), "m", MODEL, GPUS
+    )
     assert sum(plan.counts.values()) + sum(plan.spot_counts.values()) >= 3

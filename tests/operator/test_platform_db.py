@@ -59,8 +59,19 @@ def test_deleting_a_tenant_removes_its_rows_and_keys(db: Database) -> None:
     platform_db.ensure_api_key(db, tid, key)
     platform_db.ensure_adapter(db, tid, "bot", "smol", AdapterSpec(service="chat", source="s3://a"))
     with db.session() as s:
-        s.add(m.FileObject(id="file-1", tenant_id=tid, filename="t.jsonl", purpose="fine-tune", bytes=1, uri="x"))
-    platform_db.ensure_finetune_job(db, "ftjob-1", tid, FineTuneJobSpec(model="smol", training_file="file-1"))
+        s.add(
+            m.FileObject(
+                id="file-1",
+                tenant_id=tid,
+                filename="t.jsonl",
+                purpose="fine-tune",
+                bytes=1,
+                uri="x",
+            )
+        )
+    platform_db.ensure_finetune_job(
+        db, "ftjob-1", tid, FineTuneJobSpec(model="smol", training_file="file-1")
+    )
     platform_db.mark_job_submitted(db, "ftjob-1", "ftjob-1")
     assert platform_db.delete_tenant(db, "acme") is True
     for model in (m.Tenant, m.ApiKey, m.Adapter, m.FineTuneJob, m.JobEvent, m.FileObject):
@@ -74,7 +85,9 @@ def test_adapter_registration_updates_in_place(db: Database) -> None:
     tid = platform_db.ensure_tenant(db, "acme", TenantSpec(), Settings())
     spec = AdapterSpec(service="chat", source="s3://v1", rank=8)
     first = platform_db.ensure_adapter(db, tid, "bot", "smol", spec)
-    again = platform_db.ensure_adapter(db, tid, "bot", "smol", spec.model_copy(update={"source": "s3://v2"}))
+    again = platform_db.ensure_adapter(
+        db, tid, "bot", "smol", spec.model_copy(update={"source": "s3://v2"})
+    )
     assert first == again and count(db, m.Adapter) == 1
     assert platform_db.find_adapter(db, tid, "bot").uri == "s3://v2"
     assert platform_db.delete_adapter(db, tid, "bot") and count(db, m.Adapter) == 0
@@ -85,12 +98,20 @@ def test_fine_tune_job_needs_the_tenants_file_and_is_created_once(db: Database) 
     tid = platform_db.ensure_tenant(db, "acme", TenantSpec(), settings)
     other = platform_db.ensure_tenant(db, "other", TenantSpec(), settings)
     with db.session() as s:
-        s.add(m.FileObject(id="file-o", tenant_id=other, filename="t", purpose="fine-tune", bytes=1, uri="x"))
+        s.add(
+            m.FileObject(
+                id="file-o", tenant_id=other, filename="t", purpose="fine-tune", bytes=1, uri="x"
+            )
+        )
     spec = FineTuneJobSpec(model="smol", training_file="file-o")
     with pytest.raises(LookupError, match="upload it"):
         platform_db.ensure_finetune_job(db, "ftjob-x", tid, spec)  # not this tenant's file
     with db.session() as s:
-        s.add(m.FileObject(id="file-a", tenant_id=tid, filename="t", purpose="fine-tune", bytes=1, uri="x"))
+        s.add(
+            m.FileObject(
+                id="file-a", tenant_id=tid, filename="t", purpose="fine-tune", bytes=1, uri="x"
+            )
+        )
     spec = FineTuneJobSpec(model="smol", training_file="file-a")
     platform_db.ensure_finetune_job(db, "ftjob-a", tid, spec)
     platform_db.ensure_finetune_job(db, "ftjob-a", tid, spec)

@@ -31,10 +31,13 @@ def parse(model: type[M], spec: Mapping[str, Any]) -> M:
 
 
 def _write(patch: kopf.Patch, status: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    """Only what changed: an unchanged status is not written (no event, no churn)."""
+    current = dict(status or {})
     for key, value in fields.items():
-        if key.startswith("_") or (value is None and key not in (status or {})):
+        if key.startswith("_") or (value is None and key not in current):
             continue  # a null for an absent key would be patched on every pass
-        patch.status[key] = value
+        if current.get(key) != value:
+            patch.status[key] = value
 
 
 def reconcile(
@@ -54,8 +57,14 @@ def reconcile(
     conditions = list((status or {}).get("conditions") or [])
 
     def fail(reason: str, message: str) -> None:
-        patch.status["conditions"] = set_condition(
-            conditions, "Ready", False, reason, message, generation=generation
+        _write(
+            patch,
+            status,
+            {
+                "conditions": set_condition(
+                    conditions, "Ready", False, reason, message, generation=generation
+                )
+            },
         )
 
     try:
@@ -85,10 +94,13 @@ def reconcile(
         if timer:
             return None
         raise kopf.TemporaryError("the platform database failed", delay=10) from exc
-    _write(patch, status, fields)
     ok, reason, message = ready_reason(fields) if ready_reason else (True, "Reconciled", "")
-    patch.status["conditions"] = set_condition(
-        conditions, "Ready", ok, reason, message, generation=generation
-    )
-    patch.status["observedGeneration"] = generation
+    fields = {
+        **fields,
+        "conditions": set_condition(
+            conditions, "Ready", ok, reason, message, generation=generation
+        ),
+        "observedGeneration": generation,
+    }
+    _write(patch, status, fields)
     return fields

@@ -53,9 +53,9 @@ def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
     if op.watch_timeout_s is not None:
-        settings.watching.client_timeout = op.watch_timeout_s
         settings.watching.server_timeout = op.watch_timeout_s
-        settings.watching.reconnect_backoff = 0.2
+        settings.watching.client_timeout = op.watch_timeout_s + 10
+        settings.watching.reconnect_backoff = 0.1
     if _deps is None:
         platform = Settings()
         logger.info("connecting to the platform database and the Kubernetes API")
