@@ -16,7 +16,8 @@ subclass adds them (numbers as in shared/K8S-TESTING.md):
  8. `labelSelector` (=, ==, !=, in, notin, exists, !exists) and `fieldSelector`
     (metadata.name / metadata.namespace) are applied to LIST and WATCH;
  9. PUT replaces the whole object;
-10. errors carry the standard reasons NotFound, AlreadyExists, Conflict, Invalid.
+10. errors carry the standard reasons NotFound, AlreadyExists, Conflict, Invalid;
+11. a created CRD is served at once and reports Established (helm waits for it).
 
 What it still is not: no controllers (no Pods from Deployments), no garbage collection,
 no admission, RBAC, schema validation or /openapi. Tests check schemas separately.
@@ -91,6 +92,7 @@ BUILTIN_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
     ("events.k8s.io/v1/events", "Event", True, ()),
 ]
 
+_CRDS = kmock.resource("apiextensions.k8s.io/v1/customresourcedefinitions")
 _VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 
 
@@ -183,6 +185,7 @@ class LmaasEmulator(kmock.KubernetesEmulator):
 
     _versions: Iterable[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _kinds: dict[Any, str] = attrs.field(factory=dict, init=False)
+    _scopes: dict[Any, bool] = attrs.field(factory=dict, init=False)
     # (METHOD, path regex) → status: injected failures, e.g. to stop a reconcile half-way.
     faults: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
 
@@ -217,6 +220,7 @@ class LmaasEmulator(kmock.KubernetesEmulator):
             subresources=set(subresources),
         )
         self._kinds[resource] = kind
+        self._scopes[resource] = namespaced
 
     def declare_crd(self, crd: dict[str, Any]) -> None:
         spec = crd["spec"]
@@ -261,6 +265,8 @@ class LmaasEmulator(kmock.KubernetesEmulator):
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             if request.namespace and self._namespaced(request.resource):
                 meta.setdefault("namespace", request.namespace)
+            if request.resource == _CRDS:
+                self._establish(data)
             meta["uid"] = str(uuid.uuid4())
             meta["resourceVersion"] = self._next_version()
             meta["creationTimestamp"] = _now()
@@ -286,9 +292,20 @@ class LmaasEmulator(kmock.KubernetesEmulator):
             elif isinstance(data, list):
                 data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
 
+    def _establish(self, crd: dict[str, Any]) -> None:
+        """Fix 11: a created CRD is served at once and reports Established (helm waits)."""
+        self.declare_crd(crd)
+        crd["status"] = {
+            "acceptedNames": crd["spec"]["names"],
+            "storedVersions": [v["name"] for v in crd["spec"]["versions"] if v.get("storage")],
+            "conditions": [
+                {"type": t, "status": "True", "reason": t, "lastTransitionTime": _now()}
+                for t in ("NamesAccepted", "Established")
+            ],
+        }
+
     def _namespaced(self, resource: Any) -> bool:
-        info = self.resources[resource] if resource in self.resources else None
-        return bool(info is not None and info.namespaced)
+        return self._scopes.get(resource, False)
 
     async def _replace(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """Fix 9: PUT replaces the object (keeping uid and creation time)."""
@@ -414,6 +431,7 @@ class KubeStandIn:
                 }
             )
         )
+        self.kubeconfig.chmod(0o600)
         return self
 
     @property
