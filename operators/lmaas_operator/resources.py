@@ -198,7 +198,7 @@ class GPUTypeSpec(CrdModel):
     mem_bandwidth_gbps: float = Field(gt=0)
     """Memory bandwidth (GB/s)."""
     resource_name: str = "nvidia.com/gpu"
-    """Extended resource the device plugin advertises."""
+    """Extended resource the device plugin advertises; empty = CPU nodes (tests, kind)."""
     gpus_per_replica: int = Field(default=1, ge=1)
     """GPUs one runtime replica uses."""
     node_selector: dict[str, str] = Field(default_factory=dict)

@@ -62,14 +62,19 @@ def _tolerations(tolerations: list[Toleration]) -> list[dict[str, Any]]:
 
 
 def _env(
-    spec: ModelServiceSpec, model_name: str, model: ModelSpec, port: int, extra: dict[str, str]
+    spec: ModelServiceSpec,
+    model_name: str,
+    model: ModelSpec,
+    port: int,
+    extra: dict[str, str],
+    resource_name: str,
 ) -> list[dict[str, str]]:
     env = dict(extra) | {
         "LMAAS_RUNTIME_HOST": "0.0.0.0",
         "LMAAS_RUNTIME_PORT": str(port),
         "LMAAS_BASE_MODEL": model.source,
         "LMAAS_MODEL_NAME": model_name,
-        "LMAAS_DEVICE": "cuda",
+        "LMAAS_DEVICE": "cuda" if resource_name else "cpu",
         "LMAAS_HOME": "/var/lib/lmaas",
         "LMAAS_SPECULATION": (
             "off"
@@ -111,15 +116,11 @@ def deployment(
         "name": "runtime",
         "image": spec.runtime.image or settings.runtime_image,
         "command": ["lmaas", "runtime"],
-        "env": _env(spec, model_name, model, port, settings.runtime_env),
+        "env": _env(spec, model_name, model, port, settings.runtime_env, gpu.resource_name),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": {
-            "requests": {
-                "cpu": spec.runtime.cpu,
-                "memory": spec.runtime.memory,
-                gpu.resource_name: gpus,
-            },
-            "limits": {"memory": spec.runtime.memory, gpu.resource_name: gpus},
+            "requests": {"cpu": spec.runtime.cpu, "memory": spec.runtime.memory},
+            "limits": {"memory": spec.runtime.memory},
         },
         "startupProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
@@ -138,6 +139,9 @@ def deployment(
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    if gpu.resource_name:
+        container["resources"]["requests"][gpu.resource_name] = gpus
+        container["resources"]["limits"][gpu.resource_name] = gpus
     planned = group.planned
     annotations = {
         n.ANNOTATION_PLANNED_REPLICAS: str(planned),

@@ -191,3 +191,24 @@ def test_names_fit_kubernetes_limits_and_are_stable() -> None:
 def test_canonical_hash_ignores_key_order_only() -> None:
     assert n.canonical_hash({"a": 1, "b": [1, 2]}) == n.canonical_hash({"b": [1, 2], "a": 1})
     assert n.canonical_hash({"a": 1}) != n.canonical_hash({"a": 2})
+
+
+def test_cpu_gpu_type_requests_no_accelerator() -> None:
+    cpu = GPUTypeSpec(memory_gib=16, price_per_hour=0.1, bf16_tflops=1, mem_bandwidth_gbps=50, resource_name="")
+    dep = valid(
+        sm.deployment(
+            service="chat",
+            namespace="ns",
+            tenant=None,
+            spec=service_spec(minReplicas=1),
+            model_name="smol",
+            model=MODEL,
+            gpu=cpu,
+            group=sm.ReplicaGroup("cpu", False, 1),
+            settings=OperatorSettings(),
+            owner=OWNER,
+        )
+    )
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+    assert {"name": "LMAAS_DEVICE", "value": "cpu"} in container["env"]
