@@ -194,7 +194,9 @@ def test_canonical_hash_ignores_key_order_only() -> None:
 
 
 def test_cpu_gpu_type_requests_no_accelerator() -> None:
-    cpu = GPUTypeSpec(memory_gib=16, price_per_hour=0.1, bf16_tflops=1, mem_bandwidth_gbps=50, resource_name="")
+    cpu = GPUTypeSpec(
+        memory_gib=16, price_per_hour=0.1, bf16_tflops=1, mem_bandwidth_gbps=50, resource_name=""
+    )
     dep = valid(
         sm.deployment(
             service="chat",

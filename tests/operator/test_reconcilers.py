@@ -54,7 +54,13 @@ def keys(db: Database) -> int:
 def test_a_key_written_before_a_crash_is_the_one_registered(deps: Deps) -> None:
     owner = owner_reference(TENANT)
     # A previous attempt wrote the Secret and died before registering the key.
-    deps.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant-acme", "labels": {n.LABEL_TENANT: "acme"}}})
+    deps.kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "tenant-acme", "labels": {n.LABEL_TENANT: "acme"}},
+        }
+    )
     earlier = platform_db.new_api_key()
     deps.kube.create(api_key_secret("acme", "tenant-acme", earlier, owner))
     status = reconcile_tenant(deps, name="acme", spec=TenantSpec(), owner=owner)
