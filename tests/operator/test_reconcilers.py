@@ -75,7 +75,7 @@ def test_a_key_written_before_a_crash_is_the_one_registered(deps: Deps) -> None:
 
 def test_a_namespace_of_someone_else_is_not_taken(deps: Deps) -> None:
     deps.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant-acme"}})
-    with pytest.raises(InvalidSpec, match="spec.namespace"):
+    with pytest.raises(InvalidSpec, match=r"spec\.namespace"):
         reconcile_tenant(deps, name="acme", spec=TenantSpec(), owner=owner_reference(TENANT))
     assert keys(deps.db) == 0
 
