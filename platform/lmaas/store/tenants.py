@@ -93,7 +93,9 @@ def issue_key(
     if secret is None:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
     elif not secret.startswith(KEY_PREFIX) or len(secret) < len(KEY_PREFIX) + 32:
-        raise ValueError(f"an API key must start with {KEY_PREFIX!r} and carry 32+ random characters")
+        raise ValueError(
+            f"an API key must start with {KEY_PREFIX!r} and carry 32+ random characters"
+        )
     record = ApiKey(
         tenant_id=tenant.id,
         name=name,
