@@ -73,9 +73,12 @@ def _explicit(service: ModelServiceSpec, gpu_types: dict[str, GPUTypeSpec]) -> P
     return PlanStatus(counts=counts, cost_per_hour=round(cost, 4), source="explicit")
 
 
-def _cap(plan: PlanStatus, max_replicas: int | None) -> PlanStatus:
-    """Trim the largest groups until the total fits `max_replicas`."""
-    if max_replicas is None:
+def _cap(
+    plan: PlanStatus, max_replicas: int | None, gpu_types: dict[str, GPUTypeSpec]
+) -> PlanStatus:
+    """Trim the largest groups until the total fits `max_replicas` (and re-price)."""
+    total = sum(plan.counts.values()) + sum(plan.spot_counts.values())
+    if max_replicas is None or total <= max_replicas:
         return plan
     groups: dict[tuple[str, bool], int] = {(t, False): c for t, c in plan.counts.items()}
     groups |= {(t, True): c for t, c in plan.spot_counts.items()}
@@ -84,6 +87,21 @@ def _cap(plan: PlanStatus, max_replicas: int | None) -> PlanStatus:
         groups[key] -= 1
     plan.counts = {t: c for (t, s), c in groups.items() if not s and c > 0}
     plan.spot_counts = {t: c for (t, s), c in groups.items() if s and c > 0}
+
+    def price(name: str, spot: bool) -> float:
+        gpu = gpu_types[name]
+        each = (
+            gpu.spot_price_per_hour
+            if spot and gpu.spot_price_per_hour is not None
+            else gpu.price_per_hour
+        )
+        return each * gpu.gpus_per_replica
+
+    plan.cost_per_hour = round(
+        sum(c * price(t, False) for t, c in plan.counts.items())
+        + sum(c * price(t, True) for t, c in plan.spot_counts.items()),
+        4,
+    )
     return plan
 
 
@@ -111,7 +129,7 @@ def compute_plan(
 ) -> PlanStatus:
     """The GPU mix for `service`: explicit counts, or the planner's cheapest mix."""
     if service.gpu.mode == "explicit":
-        return _cap(_explicit(service, gpu_types), service.scaling.max_replicas)
+        return _cap(_explicit(service, gpu_types), service.scaling.max_replicas, gpu_types)
     if not planner_available():
         raise PlanningError(
             "the GPU planner (lmaas.placement) is not installed: set gpu.mode explicit "
@@ -163,4 +181,4 @@ def compute_plan(
         ),
         source="planner",
     )
-    return _cap(result, service.scaling.max_replicas)
+    return _cap(result, service.scaling.max_replicas, candidates)

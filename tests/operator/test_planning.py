@@ -48,6 +48,9 @@ def test_explicit_mix_is_priced_and_capped() -> None:
         GPUS,
     )
     assert sum(capped.counts.values()) == 3
+    assert capped.cost_per_hour == pytest.approx(
+        sum(c * GPUS[t].price_per_hour for t, c in capped.counts.items())
+    )
 
 
 def test_explicit_mix_of_unknown_gpu_says_what_to_create() -> None:

@@ -8,6 +8,7 @@ import kopf
 
 from lmaas_operator import platform_db
 from lmaas_operator.crds import GROUP, VERSION
+from lmaas_operator.errors import InvalidSpec
 from lmaas_operator.handlers.common import parse, reconcile
 from lmaas_operator.handlers.lifecycle import deps
 from lmaas_operator.resources import GPUTypeSpec, ModelSpec
@@ -36,8 +37,6 @@ def gputype_reconcile(spec, status, meta, patch, **_: Any) -> None:
 
     def work() -> dict[str, Any]:
         if parsed.spot is not None and parsed.spot_price_per_hour is None:
-            from lmaas_operator.errors import InvalidSpec
-
             raise InvalidSpec("spot capacity is declared without spotPricePerHour")
         return {}
 
