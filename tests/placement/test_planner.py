@@ -347,3 +347,9 @@ def test_measured_profiles_win_over_the_model() -> None:
         model=LLAMA, workload=workload, slo=SLO_120, gpu_types=[a10g], profiles=profiles
     )
     assert plan.counts == {"A10G": 1}
+
+
+def test_a_type_with_neither_profile_nor_figures_is_named_in_the_error() -> None:
+    mystery = GPUType(name="mystery", price_per_hour=1.0, memory_gib=80)
+    with pytest.raises(PlacementInfeasible, match="mystery: no profile for it and no hardware"):
+        plan_service(model=LLAMA, workload=Workload.short_chat(1), slo=SLO_120, gpu_types=[mystery])

@@ -19,7 +19,7 @@ from lmaas.placement.specs import SLO
 from lmaas.placement.workload import Bucket
 from tests.placement.standin_runtime import ServerThread, StandInRuntime
 
-SLO_TPOT = SLO(metric="tpot", statistic="mean", target_ms=25)
+SLO_TPOT = SLO(metric="tpot", statistic="mean", target_ms=30)
 BUCKET = Bucket(input_tokens=(0, 16), output_tokens=(8, 16))
 
 
@@ -78,8 +78,8 @@ def test_search_judges_the_statistic_it_is_given() -> None:
 
 
 def test_profiler_finds_the_stand_in_runtimes_capacity() -> None:
-    """Step = 5 ms + 2 ms × running. At 16 req/s ~1.7 requests run (TPOT ≈ 8 ms); at 128
-    req/s the queue grows without bound (TPOT ≫ 25 ms). So T = 16 on rates 8, 16, 128."""
+    """Step = 5 ms + 2 ms × running. At 16 req/s ~1.7 requests run (TPOT ≈ 8 ms); at 256
+    req/s the queue grows without bound (TPOT ≫ 30 ms). So T = 16 on rates 8, 16, 256."""
     standin = StandInRuntime(base_ms=5, per_seq_ms=2)
     with ServerThread(standin.app()) as server:
         profiler = Profiler(
@@ -87,7 +87,7 @@ def test_profiler_finds_the_stand_in_runtimes_capacity() -> None:
             gpu="standin-gpu",
             slo=SLO_TPOT,
             buckets=[BUCKET],
-            rates=[8, 16, 128],
+            rates=[8, 16, 256],
             num_requests=30,
             refine_steps=0,
         )
@@ -95,7 +95,7 @@ def test_profiler_finds_the_stand_in_runtimes_capacity() -> None:
     assert result.get("standin-gpu", BUCKET.name) == 16
     assert result.source["standin-gpu"][BUCKET.name] == "measured"
     by_rate = {m.rate: m for m in profiler.measurements[BUCKET.name]}
-    assert by_rate[16].tpot_mean_ms < 25 < by_rate[128].tpot_mean_ms
+    assert by_rate[16].tpot_mean_ms < 30 < by_rate[256].tpot_mean_ms
     assert by_rate[16].errors == 0
     # requests had the bucket's sizes, fixed by prompt_token_ids and max_tokens + ignore_eos
     for request in standin.requests_seen:
@@ -134,9 +134,9 @@ def test_profile_command_writes_a_file_that_plan_reads(tmp_path) -> None:
                 "--workload",
                 str(_write_workload(tmp_path)),
                 "--slo-ms",
-                "25",
+                "30",
                 "--rates",
-                "8,16,128",
+                "8,16,256",
                 "--requests",
                 "30",
                 "--refine",

@@ -10,7 +10,7 @@ n_{s,b,g} ∈ {0..S_s} counts the slices of b served by g; y_{s,g} (on-demand) a
                Σ_s (y_{s,g} + z_{s,g}) ≤ max_count_g                 availability (shared)
                Σ_g (y_{s,g} + z_{s,g}) ≥ min_replicas_s              minimum replicas
                Σ_g z_{s,g} ≤ share_s · Σ_g (y_{s,g} + z_{s,g})       spot cap (instance count)
-               n_{s,b,g} / S_s ≤ y_{s,g} + z_{s,g}                   (valid: tightens the LP)
+               Σ_g ρ_g·(y_{s,g} + z_{s,g}) ≥ D_s                      (valid; see _aggregate_rows)
 
 (Internally x = y + z and z ≤ x are the variables: see `solve`.) Integer slice counts replace the paper's one binary per slice (slices of a bucket are
 identical, so it is the same program without the symmetry). With `relax` the integrality
@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,14 +152,12 @@ def solve(
         for g in range(len(offers)):
             if capacity[g]:
                 row([*capacity[g], (x[g], -1.0)], -math.inf, 0.0)
-        for (_, g), col in n.items():  # a type that serves a slice runs ≥ 1 instance
-            row([(col, 1.0 / s), (x[g], -1.0)], -math.inf, 0.0)
-        for g in range(len(offers)):
             if z[g] >= 0:
                 row([(z[g], 1.0), (x[g], -1.0)], -math.inf, 0.0)
             per_type[g].append(x[g])
         if svc.min_replicas > 0:
             row([(c, 1.0) for c in x], svc.min_replicas, math.inf)
+        _aggregate_rows(svc, offers, x, row)
         spot_cols = [c for c in z if c >= 0]
         if spot_cols and svc.max_spot_share < 1:
             share = svc.max_spot_share
@@ -169,7 +167,10 @@ def solve(
         if offer.max_count is not None:
             row([(c, 1.0) for c in per_type[g]], -math.inf, offer.max_count)
 
-    values, status = _run_highs(cost, upper, rows, cols, vals, row_lb, row_ub, relax, time_limit_s)
+    start_values = None if relax else _greedy_start(services, offers, layout, len(cost))
+    values, status = _run_highs(
+        cost, upper, rows, cols, vals, row_lb, row_ub, relax, time_limit_s, start_values
+    )
     elapsed = (time.perf_counter() - start) * 1e3
     if values is None:
         return None
@@ -192,6 +193,82 @@ def solve(
         total += out.cost
         solved[svc.name] = out
     return Solution(services=solved, cost=total, optimal=status == "optimal", solve_ms=elapsed)
+
+
+def _aggregate_rows(
+    svc: ServiceProblem,
+    offers: Sequence[Offer],
+    x: list[int],
+    row: Callable[[list[tuple[int, float]], float, float], None],
+) -> None:
+    """Valid rows that make the solver's integer rounding cuts strong (about 2× faster).
+
+    Measure work in units of a reference throughput T_ref[b]: one instance of g does at
+    most ρ_g = max_b T_g[b]/T_ref[b] units per second, the demand is D = Σ_b r_b/T_ref[b],
+    so Σ_g ρ_g·x_g ≥ D. References: the best type per bucket, and each type that serves
+    every bucket. Implied by the capacity rows, but only as a sum the solver never forms.
+    """
+    active = [b for b, r in enumerate(svc.rates) if r > 0]
+    if not active:
+        return
+    refs = [[max(svc.throughput[g][b] for g in range(len(offers))) for b in active]]
+    for g in range(len(offers)):
+        if all(svc.throughput[g][b] > 0 for b in active):
+            refs.append([svc.throughput[g][b] for b in active])
+    for ref in refs:
+        demand = sum(svc.rates[b] / t for b, t in zip(active, ref, strict=True))
+        weights = [
+            max(svc.throughput[g][b] / t for b, t in zip(active, ref, strict=True))
+            for g in range(len(offers))
+        ]
+        row([(x[g], w) for g, w in enumerate(weights) if w > 0], demand - 1e-9, math.inf)
+
+
+def _greedy_start(
+    services: Sequence[ServiceProblem],
+    offers: Sequence[Offer],
+    layout: list,
+    num_cols: int,
+) -> np.ndarray | None:
+    """A feasible starting point: every bucket on its cheapest type per request, rounded up.
+
+    Saves the solver most of its search for a first good solution; None when the greedy
+    plan breaks an availability limit.
+    """
+    values = np.zeros(num_cols)
+    used = [0] * len(offers)
+    for svc, (n, x, z) in zip(services, layout, strict=True):
+        load = [0.0] * len(offers)
+        for b, rate in enumerate(svc.rates):
+            if rate <= 0:
+                continue
+            options = [g for g in range(len(offers)) if (b, g) in n]
+            if not options:
+                return None
+            g = min(options, key=lambda g: offers[g].price / svc.throughput[g][b])
+            values[n[(b, g)]] = svc.slice_factor
+            load[g] += rate / svc.throughput[g][b]
+        counts = [math.ceil(v - 1e-9) for v in load]
+        missing = svc.min_replicas - sum(counts)
+        if missing > 0:
+            cheapest = min(range(len(offers)), key=lambda g: offers[g].price)
+            counts[cheapest] += missing
+        spots = math.floor(svc.max_spot_share * sum(counts) + 1e-9)
+        for g in sorted(
+            (g for g in range(len(offers)) if z[g] >= 0),
+            key=lambda g: offers[g].price - (offers[g].spot_price or 0.0),
+            reverse=True,
+        ):
+            take = min(spots, counts[g])
+            values[z[g]] = take
+            spots -= take
+        for g in range(len(offers)):
+            values[x[g]] = counts[g]
+            used[g] += counts[g]
+    for g, offer in enumerate(offers):
+        if offer.max_count is not None and used[g] > offer.max_count:
+            return None
+    return values
 
 
 def _new_highs():
@@ -227,6 +304,7 @@ def _run_highs(
     row_ub: list[float],
     relax: bool,
     time_limit_s: float,
+    start_values: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, str]:
     import highspy
     from scipy.sparse import coo_array
@@ -258,6 +336,11 @@ def _run_highs(
     ):
         highs.setOptionValue(option, value)
     highs.passModel(lp)
+    if start_values is not None:
+        start = highspy.HighsSolution()
+        start.col_value = list(start_values)
+        start.value_valid = True
+        highs.setSolution(start)
     highs.run()
     status = highs.getModelStatus()
     if status == highspy.HighsModelStatus.kOptimal:

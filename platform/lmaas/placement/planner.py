@@ -220,9 +220,10 @@ def _problem(svc: ServiceSpec, catalog: Sequence[GPUType]) -> ServiceProblem:
         )
     buckets = svc.workload.buckets
     slo = svc.slo or (svc.profiles.slo if svc.profiles else None)
+    if slo is None and svc.model is not None:
+        raise ValueError(f"{_who(svc)}an SLO is needed to model {svc.model.name}'s throughput")
     if slo is None:
-        given = svc.profiles or ProfileSet()
-        table = given
+        table = svc.profiles or ProfileSet()
     else:
         table = complete_profiles(
             model=svc.model, gpu_types=fitting, buckets=buckets, slo=slo, profiles=svc.profiles
@@ -236,10 +237,16 @@ def _problem(svc: ServiceSpec, catalog: Sequence[GPUType]) -> ServiceProblem:
     for j, bucket in enumerate(buckets):
         if rates[j] > 0 and all(row[j] <= 0 for row in throughput):
             what = slo.describe() if slo else "the profiled SLO"
+            unknown = [g.name for g in fitting if table.get(g.name, bucket.name) is None]
+            hint = (
+                f" ({', '.join(unknown)}: no profile for it and no hardware figures to model it)"
+                if unknown
+                else ""
+            )
             raise PlacementInfeasible(
                 f"{_who(svc)}bucket {bucket.name} ({rates[j]:.3g} req/s) cannot meet "
-                f"{what} on any GPU type ({', '.join(g.name for g in catalog)}): relax the "
-                "SLO, add a faster type, or profile this bucket",
+                f"{what} on any GPU type ({', '.join(g.name for g in catalog)}){hint}: relax "
+                "the SLO, add a faster type, or profile this bucket",
                 constraint="slo",
                 service=svc.name,
                 bucket=bucket.name,

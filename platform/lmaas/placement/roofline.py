@@ -9,12 +9,13 @@ produces one token per request and takes
 
 where C = I + O/2 is the mean context of a decoding request and I/O the prefill tokens a
 step carries per decoding request in steady state. Then TPOT = t(B), TTFT ≈ t(B)·(½ +
-⌈I / chunk⌉) and throughput X = B / (O·t(B)) (Little's law). B is bounded by the KV cache
+⌈I / chunk⌉) + the request's own prefill compute, and throughput X = B / (O·t(B))
+(Little's law). B is bounded by the KV cache
 (usable memory − weights) / (C·kv_per_token), by the engine's sequence limit, and by the
 prefill chunk budget (B·I/O ≤ chunk). T_g[b] is X at the largest B that keeps the SLO. For
 a p99 SLO the step time is taken at B + 2.33·√B (Poisson fluctuation of the batch). Steps
-are never cheaper than with one request running (t(max(B, 1))): a lone request must meet
-the SLO too.
+never decode fewer than one request (the decode terms use max(B, 1)): a lone request must
+meet the SLO too.
 
 Monotone by construction: more input or output tokens, a tighter SLO, a bigger model or a
 smaller GPU never raise T. Efficiencies η default to typical serving-engine figures and are
@@ -140,23 +141,29 @@ def _throughput(model: ModelSpec, gpu: GPUType, bucket: Bucket, slo: SLO, eff: E
     attention = 4 * model.num_layers * model.hidden_size
     f_decode = 2 * model.num_params + attention * context
     f_prefill = 2 * model.num_params + attention * i / 2
-    per_seq_flops = (f_decode + (i / o) * f_prefill) / flops
+    decode_flops = f_decode / flops
+    prefill_flops = (i / o) * f_prefill / flops
     overhead = eff.step_overhead_ms / 1e3
 
     def step(b: float) -> float:
-        b = max(b, 1.0)  # a step that decodes anything reads at least one request's KV
-        memory = (model.weight_bytes + b * context * kv_token) / bandwidth
-        return overhead + max(memory, b * per_seq_flops)
+        decoding = max(b, 1.0)  # a step that decodes anything decodes at least one request
+        memory = (model.weight_bytes + decoding * context * kv_token) / bandwidth
+        return overhead + max(memory, decoding * decode_flops + b * prefill_flops)
 
-    if slo.metric == "tpot":
-        budget = slo.target_ms / 1e3
-    else:
-        budget = slo.target_ms / 1e3 / (0.5 + math.ceil(i / eff.chunk_tokens))
+    chunks = math.ceil(i / eff.chunk_tokens)
+    own_prefill = i * f_prefill / flops
+
+    def latency(b: float) -> float:
+        if slo.metric == "tpot":
+            return step(b)
+        return step(b) * (0.5 + chunks) + own_prefill
+
+    target = slo.target_ms / 1e3
     z = P99_Z if slo.statistic == "p99" else 0.0
 
     def feasible(b: float) -> bool:
         peak = b + z * math.sqrt(b)
-        return peak <= cap and step(peak) <= budget
+        return peak <= cap and latency(peak) <= target
 
     lo, hi = 0.0, cap
     if not feasible(1e-9):
