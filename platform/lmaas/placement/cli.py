@@ -77,7 +77,9 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 def plan(
     profile_file: Annotated[
         Path | None,
-        typer.Option("--profile", help="T_g[b] file: ours, or a Mélange example.json"),
+        typer.Option(
+            "--profile", help="throughput profile (T_g per bucket): ours, or a Mélange example.json"
+        ),
     ] = None,
     workload: Annotated[
         str | None,
@@ -238,7 +240,7 @@ def profile(
         "profile.json"
     ),
 ) -> None:
-    """Measure T_g[b] on the local device: Poisson load at rising rates against a runtime."""
+    """Measure throughput profiles (T_g per bucket) on the local device against a runtime."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
