@@ -91,7 +91,7 @@ def test_unknown_names_on_the_command_line_are_explained() -> None:
 
 
 def test_workload_shares_must_sum_to_one_and_ranges_must_not_repeat() -> None:
-    with pytest.raises(ValueError, match="sum to 0.5000"):
+    with pytest.raises(ValueError, match=r"sum to 0\.5000"):
         Workload(rate=1, buckets=[Bucket(input_tokens=(0, 10), output_tokens=(0, 10), share=0.5)])
     b = Bucket(input_tokens=(0, 10), output_tokens=(0, 10), share=0.5)
     with pytest.raises(ValueError, match="repeat"):
