@@ -35,5 +35,10 @@ def config_table() -> None:
         typer.echo(f"| `LMAAS_{name.upper()}` | {shown} | {field.description or ''} |")
 
 
+from lmaas.placement.cli import register as _register_placement  # noqa: E402
+
+_register_placement(app)  # lmaas plan, lmaas profile
+
+
 def main() -> None:
     app()
