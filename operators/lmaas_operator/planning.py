@@ -140,15 +140,15 @@ def compute_plan(
         raise PlanningError("no GPUType exists: create at least one GPUType")
     p = _placement
     assert p is not None
-    buckets = [
-        p.Bucket(
-            input_tokens=tuple(b.input_tokens),
-            output_tokens=tuple(b.output_tokens),
-            share=b.share,
-        )
-        for b in service.workload.buckets
-    ] or [p.Bucket(**DEFAULT_BUCKET)]
     try:
+        buckets = [
+            p.Bucket(
+                input_tokens=tuple(b.input_tokens),
+                output_tokens=tuple(b.output_tokens),
+                share=b.share,
+            )
+            for b in service.workload.buckets
+        ] or [p.Bucket(**DEFAULT_BUCKET)]
         plan = p.plan_service(
             model=p.ModelSpec(
                 name=model_name,
@@ -169,11 +169,14 @@ def compute_plan(
             min_replicas=service.scaling.min_replicas,
             max_spot_share=service.scaling.max_spot_share,
         )
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError) as exc:  # PlacementInfeasible and bad inputs
         raise PlanningError(f"the planner found no GPU mix: {exc}") from exc
+    # The planner's `counts` are all replicas of a type; `spot_counts` the spot part.
+    spot = {k: int(v) for k, v in (plan.spot_counts or {}).items() if v > 0}
+    on_demand = {k: int(v) - spot.get(k, 0) for k, v in plan.counts.items()}
     result = PlanStatus(
-        counts={k: int(v) for k, v in plan.counts.items() if v > 0},
-        spot_counts={k: int(v) for k, v in (plan.spot_counts or {}).items() if v > 0},
+        counts={k: v for k, v in on_demand.items() if v > 0},
+        spot_counts=spot,
         cost_per_hour=round(float(plan.cost_per_hour), 4),
         buckets_by_type={k: list(v) for k, v in (plan.buckets_by_type or {}).items()},
         savings_vs_best_single=(

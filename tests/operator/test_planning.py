@@ -92,11 +92,30 @@ def test_auto_plan_meets_the_load_on_known_gpus() -> None:
 @needs_planner
 def test_auto_plan_uses_only_the_allowed_types() -> None:
     plan = planning.compute_plan(
-        spec(gpu={"types": ["l4"]}, workload={"rate": 2}), "m", MODEL, GPUS
+        spec(gpu={"types": ["l4"]}, workload={"rate": 2}, slo={"targetMs": 150}), "m", MODEL, GPUS
     )
     assert set(plan.counts) <= {"l4"}
     with pytest.raises(planning.PlanningError, match="h100"):
         planning.compute_plan(spec(gpu={"types": ["h100"]}), "m", MODEL, GPUS)
+
+
+@needs_planner
+def test_an_unreachable_slo_says_what_to_relax() -> None:
+    with pytest.raises(planning.PlanningError, match="relax the SLO"):
+        planning.compute_plan(spec(gpu={"types": ["l4"]}, slo={"targetMs": 1}), "m", MODEL, GPUS)
+
+
+@needs_planner
+def test_spot_replicas_are_split_from_on_demand() -> None:
+    spot_gpus = {
+        k: v.model_copy(update={"spot_price_per_hour": v.price_per_hour / 3})
+        for k, v in GPUS.items()
+    }
+    plan = planning.compute_plan(
+        spec(workload={"rate": 200}, scaling={"maxSpotShare": 0.5}), "m", MODEL, spot_gpus
+    )
+    total = sum(plan.counts.values()) + sum(plan.spot_counts.values())
+    assert plan.spot_counts and sum(plan.spot_counts.values()) <= 0.5 * total + 1e-9
 
 
 @needs_planner
