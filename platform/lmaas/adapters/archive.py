@@ -212,7 +212,8 @@ def _extract_zip(archive: Path, dest: Path, limit: int) -> None:
                         f"unsafe archive entry {info.filename!r}: links are not allowed",
                         code="unsafe_archive_entry",
                     )
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                kind = stat.S_IFMT(mode)  # 0 when the archiver recorded no type
+                if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                     raise AdapterArchiveError(
                         f"unsafe archive entry {info.filename!r}: only regular files are allowed",
                         code="unsafe_archive_entry",

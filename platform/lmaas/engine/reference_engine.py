@@ -390,7 +390,15 @@ class ReferenceEngine(InferenceEngine):
                 self._model, str(path), adapter_name=adapter_id, is_trainable=False
             )
         else:
-            self._peft.load_adapter(str(path), adapter_name=adapter_id, is_trainable=False)
+            active = list(self._peft.active_adapters)
+            try:
+                self._peft.load_adapter(str(path), adapter_name=adapter_id, is_trainable=False)
+            except BaseException:
+                # Leave the model as it was: no half-injected adapter, the same active one.
+                if adapter_id in self._peft.peft_config:
+                    self._peft.set_adapter(active[0])
+                    self._peft.delete_adapter(adapter_id)
+                raise
         self._peft.to(self.device)
         self._peft.eval()
 
@@ -411,6 +419,8 @@ class ReferenceEngine(InferenceEngine):
             self._model = self._peft.unload()
             self._peft = None
         else:
+            if adapter_id in self._peft.active_adapters:  # switch first: peft warns otherwise
+                self._peft.set_adapter(next(a for a in self._peft.peft_config if a != adapter_id))
             self._peft.delete_adapter(adapter_id)
 
     # Lifecycle -----------------------------------------------------------------------

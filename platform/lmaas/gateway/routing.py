@@ -199,7 +199,7 @@ class StaticReplicaSource:
 
     def mark_down(self, replica: Replica) -> None:
         replica.ready = False
-        replica.checked_at = float("-inf")
+        replica.checked_at = time.monotonic()  # probed again after ttl_s
 
     def known_replicas(self) -> Sequence[Replica]:
         return list(self.replicas)
