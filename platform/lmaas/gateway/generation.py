@@ -147,17 +147,19 @@ class Generation:
             )
         request.tenant_id = tenant.id
         request.adapter_id, request.adapter_uri = target.adapter_id, target.adapter_uri
-        tried: list[str] = []
+        tries = 0
         while True:
-            lease = await state.router.acquire(target.base_model, target.adapter_id, exclude=tried)
+            # A replica that refused is marked down: the next acquire picks another ready
+            # one, or waits until one is ready again (a restarting runtime, scale from zero).
+            lease = await state.router.acquire(target.base_model, target.adapter_id)
             try:
                 stream = await state.client.generate(lease.replica.url, request)
             except ReplicaUnreachable:
                 lease.release()
                 state.router.source.mark_down(lease.replica)
-                tried.append(lease.replica.url)
-                log.warning("runtime %s unreachable; trying another", lease.replica.url)
-                if len(tried) >= _MAX_REPLICA_TRIES:
+                tries += 1
+                log.warning("runtime %s unreachable; trying again", lease.replica.url)
+                if tries >= _MAX_REPLICA_TRIES:
                     raise ServiceUnavailable(
                         "the model runtimes cannot be reached; retry shortly",
                         code="no_replica_available",

@@ -113,10 +113,9 @@ class Router:
         self.source = source
         self.affinity_slack = affinity_slack
 
-    async def acquire(
-        self, model: str, adapter_id: str | None, *, exclude: Sequence[str] = ()
-    ) -> Lease:
-        candidates = [r for r in await self.source.ready_replicas(model) if r.url not in exclude]
+    async def acquire(self, model: str, adapter_id: str | None) -> Lease:
+        """Lease a ready replica of `model` for a request using `adapter_id` (may wait)."""
+        candidates = await self.source.ready_replicas(model)
         if not candidates:
             raise ServiceUnavailable(
                 f"no runtime replica for {model} is reachable; retry shortly",
