@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -95,6 +96,14 @@ def test_the_embedded_platform_end_to_end(
     assert p.pid("runtime") != old
 
     children = [p.pid(role) for role in ("gateway", "runtime", "worker")]
+    # Stopping finishes the work in flight: a stream begun before Ctrl-C runs to its end.
+    stream = client.chat.completions.create(
+        model="tiny-llama", messages=QUESTION, max_tokens=200, temperature=0, stream=True
+    )
+    next(stream)
+    p.process.send_signal(signal.SIGINT)
+    rest = list(stream)
+    assert rest and rest[-1].choices[0].finish_reason in ("length", "stop")
     assert stop(p) == 0
     assert not any(_alive(pid) for pid in children), "Ctrl-C stops every process"
     logs = p.logs()

@@ -128,14 +128,14 @@ class Supervisor:
             child.log_handle = None
 
     def _terminate(self, group: list[Child]) -> None:
-        running = [c for c in group if c.process is not None and c.process.poll() is None]
-        for child in running:
+        running = [
+            (c, c.process) for c in group if c.process is not None and c.process.poll() is None
+        ]
+        for _, process in running:
             with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
-        for child in running:
-            process = child.process
-            assert process is not None
+        for child, process in running:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

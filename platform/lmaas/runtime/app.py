@@ -118,15 +118,11 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/internal/adapters")
     async def load_adapter(body: LoadAdapterRequest, state: StateDep) -> AdapterState:
-        state.require_engine()
-        assert state.loader is not None
-        return await state.loader.load(body.adapter_id, body.uri, pin=body.pin)
+        return await state.require_loader().load(body.adapter_id, body.uri, pin=body.pin)
 
     @app.delete("/internal/adapters/{adapter_id}", status_code=204)
     async def unload_adapter(adapter_id: str, state: StateDep) -> Response:
-        state.require_engine()
-        assert state.loader is not None
-        await state.loader.unload(adapter_id)
+        await state.require_loader().unload(adapter_id)
         return Response(status_code=204)
 
     @app.post("/internal/generate")
@@ -136,8 +132,7 @@ def _add_routes(app: FastAPI) -> None:
         started = time.monotonic()
         try:
             if body.adapter_id is not None:
-                assert state.loader is not None
-                await state.loader.ensure_loaded(body.adapter_id, body.adapter_uri)
+                await state.require_loader().ensure_loaded(body.adapter_id, body.adapter_uri)
             stream = engine.generate(body)
             first: GenerateEvent | None = await anext(stream, None)
         except EngineRequestError:

@@ -81,6 +81,12 @@ class RuntimeState:
             )
         return self.engine
 
+    def require_loader(self) -> AdapterLoader:
+        self.require_engine()
+        if self.loader is None:  # pragma: no cover - set together with the engine
+            raise RuntimeError("adapter loader missing on a ready runtime")
+        return self.loader
+
     async def stop(self) -> None:
         self.phase = "stopping"
         if self._task is not None and not self._task.done():
