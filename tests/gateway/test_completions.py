@@ -199,3 +199,43 @@ def test_bad_requests_get_clear_errors(api: Api) -> None:
     err = _error(c.post("/v1/nowhere", headers=headers, json={}), 404)
     assert "no such endpoint" in err["message"]
     assert c.get("/v1/usage", headers=headers).json()["data"] == [], "refusals use no tokens"
+
+
+def test_a_client_that_leaves_frees_the_runtime(
+    tmp_path: Path, database_url: str, runtime_url: str
+) -> None:
+    """Real HTTP: the client drops a long stream; the gateway releases everything and meters
+    what was generated."""
+    import time
+
+    import httpx
+
+    from lmaas.gateway import create_app
+    from tests.conftest import free_port
+    from tests.gateway.conftest import gateway_settings
+    from tests.helpers.servers import serve_in_thread
+
+    settings = gateway_settings(tmp_path, database_url, runtime_url)
+    with serve_in_thread(create_app(settings), free_port()) as url:
+        admin = {"Authorization": "Bearer lmaas-admin-test-token"}
+        httpx.post(f"{url}/admin/tenants", headers=admin, json={"name": "acme"})
+        key = httpx.post(f"{url}/admin/tenants/acme/keys", headers=admin).json()["key"]
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 200, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", headers=headers, json=body) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())
+        deadline = time.monotonic() + 30
+        while True:
+            gateway = httpx.get(f"{url}/metrics").text
+            runtime = httpx.get(f"{runtime_url}/metrics").text
+            idle = "lmaas_gateway_generations_in_flight 0.0" in gateway and (
+                "lmaas_runtime_running_requests 0.0" in runtime
+            )
+            usage = httpx.get(f"{url}/v1/usage", headers=headers).json()["data"]
+            if idle and usage:
+                break
+            assert time.monotonic() < deadline, "the dropped stream still holds resources"
+            time.sleep(0.2)
+        assert 0 < usage[0]["completion_tokens"] < 200, "metered what was generated, no more"
+        assert 'lmaas_runtime_requests_total{outcome="cancelled"}' in runtime

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from celery import Task, shared_task
+from sqlalchemy.exc import SQLAlchemyError
 
 from lmaas.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError, verify_adapter_weights
 from lmaas.store.artifacts import fetch_folder
@@ -25,7 +26,13 @@ __all__ = ["verify_adapter"]
 log = logging.getLogger(__name__)
 
 
-@shared_task(name=VERIFY_ADAPTER, bind=True, max_retries=5, default_retry_delay=2)
+@shared_task(
+    name=VERIFY_ADAPTER,
+    bind=True,
+    autoretry_for=(SQLAlchemyError, OSError),  # database or store unreachable: try later
+    retry_backoff=2,
+    max_retries=5,
+)
 def verify_adapter(self: Task, adapter_id: str) -> str:
     """Verify the adapter `adapter_id`; returns its new status (``missing`` if deleted)."""
     ctx = worker_context(self.app)
@@ -39,8 +46,6 @@ def verify_adapter(self: Task, adapter_id: str) -> str:
             folder = fetch_folder(uri, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], Path(tmp))
         except FileNotFoundError:
             return "missing"  # deleted between the lookup and the fetch
-        except OSError as exc:  # the store is unreachable: try again later
-            raise self.retry(exc=exc) from exc
         try:
             num_values = verify_adapter_weights(folder)
             problem = None

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from lmaas.gateway.deps import StateDep, TenantRepo
 from lmaas.gateway.errors import BadGateway
@@ -37,6 +38,21 @@ __all__ = ["router"]
 router = APIRouter(tags=["completions"])
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class _GenerationResponse(StreamingResponse):
+    """An SSE response that always finishes its generation, even if the client left
+    before the first byte (when the body iterator never starts)."""
+
+    def __init__(self, content: AsyncIterator[bytes], generation: Generation) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=_SSE_HEADERS)
+        self._generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._generation.finish()
 
 
 def _sampling(
@@ -151,10 +167,8 @@ async def chat_completions(
                 "usage": _usage(generation).model_dump(),
             }
 
-        return StreamingResponse(
-            _stream(generation, include_usage, chunk, usage_chunk),
-            media_type="text/event-stream",
-            headers=_SSE_HEADERS,
+        return _GenerationResponse(
+            _stream(generation, include_usage, chunk, usage_chunk), generation
         )
 
     text = await generation.collect()
@@ -211,10 +225,8 @@ async def completions(
                 "usage": _usage(generation).model_dump(),
             }
 
-        return StreamingResponse(
-            _stream(generation, include_usage, chunk, usage_chunk),
-            media_type="text/event-stream",
-            headers=_SSE_HEADERS,
+        return _GenerationResponse(
+            _stream(generation, include_usage, chunk, usage_chunk), generation
         )
 
     text = await generation.collect()
