@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 from celery import Celery
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from lmaas.config import Settings
 from lmaas.gateway.observability import GatewayMetrics
@@ -66,12 +67,17 @@ class GatewayState:
 
 def _register_base_model(db: Database, settings: Settings) -> None:
     """Make the configured base model known (it is listed and routable)."""
-    with db.session() as session:
-        row = session.execute(
-            select(ServedModel).where(ServedModel.id == settings.model_name)
-        ).scalar_one_or_none()
-        if row is None:
-            session.add(ServedModel(id=settings.model_name, uri=settings.base_model or "default"))
+    try:
+        with db.session() as session:
+            row = session.execute(
+                select(ServedModel).where(ServedModel.id == settings.model_name)
+            ).scalar_one_or_none()
+            if row is None:
+                session.add(
+                    ServedModel(id=settings.model_name, uri=settings.base_model or "default")
+                )
+    except IntegrityError:
+        pass  # another gateway replica registered it at the same moment
 
 
 async def build_state(
