@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from lmaas.commands import serve, tenants
+from lmaas.placement.cli import register as register_placement
 
 __all__ = ["app", "main"]
 
@@ -35,6 +36,9 @@ app.command("worker")(serve.worker)
 app.add_typer(tenants.tenant_app, name="tenant")
 app.add_typer(tenants.key_app, name="key")
 
+# GPU planning: lmaas plan, lmaas profile.
+register_placement(app)
+
 
 @app.command("config-table")
 def config_table() -> None:
@@ -47,11 +51,6 @@ def config_table() -> None:
         default = field.default
         shown = "" if default is None else f"`{default}`"
         typer.echo(f"| `LMAAS_{name.upper()}` | {shown} | {field.description or ''} |")
-
-
-from lmaas.placement.cli import register as _register_placement  # noqa: E402
-
-_register_placement(app)  # lmaas plan, lmaas profile
 
 
 def main() -> None:
