@@ -46,9 +46,7 @@ def submit_job(deps: Deps, *, uid: str, namespace: str, spec: FineTuneJobSpec) -
     except LookupError as exc:
         raise InvalidSpec(str(exc), reason="FileMissing") from exc
     if not platform_db.job_was_submitted(deps.db, job_id):
-        task_id = send_finetune_job(
-            deps.settings.resolved_broker_url, job_id, queue=deps.operator.finetune_queue
-        )
+        task_id = send_finetune_job(deps.settings, job_id)
         platform_db.mark_job_submitted(deps.db, job_id, task_id)
     return {"jobId": job_id}
 

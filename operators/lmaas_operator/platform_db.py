@@ -15,9 +15,8 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from lmaas.config import Settings
-from lmaas.store import Database
+from lmaas.store import Database, tenants
 from lmaas.store import models as m
-from lmaas.store.tenants import KEY_PREFIX, create_tenant, hash_key, issue_key
 from lmaas_operator.resources import AdapterSpec, FineTuneJobSpec, ModelSpec, TenantSpec
 
 __all__ = [
@@ -43,7 +42,7 @@ SUBMITTED = "submitted to the workers"
 
 def new_api_key() -> str:
     """A fresh API key plaintext (registered with `ensure_api_key`)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+    return tenants.KEY_PREFIX + secrets.token_urlsafe(32)
 
 
 def tenant_id(db: Database, name: str) -> str | None:
@@ -57,27 +56,22 @@ def ensure_tenant(db: Database, name: str, spec: TenantSpec, settings: Settings)
     quotas = {
         "requests_per_minute": q.requests_per_minute or settings.default_requests_per_minute,
         "tokens_per_minute": q.tokens_per_minute or settings.default_tokens_per_minute,
-        "max_adapters": settings.default_max_adapters if q.max_adapters is None else q.max_adapters,
-        "max_concurrent_jobs": (
-            settings.default_max_concurrent_jobs
-            if q.max_concurrent_jobs is None
-            else q.max_concurrent_jobs
-        ),
+        "max_adapters": q.max_adapters or settings.default_max_adapters,
+        "max_concurrent_jobs": q.max_concurrent_jobs or settings.default_max_concurrent_jobs,
     }
     with db.session() as s:
-        tenant = s.scalar(select(m.Tenant).where(m.Tenant.name == name))
+        tenant = tenants.get_tenant(s, name)
         if tenant is None:
-            tenant = create_tenant(s, name, settings, **quotas)
-        for key, value in quotas.items():
-            if getattr(tenant, key) != value:
-                setattr(tenant, key, value)
+            tenant = tenants.create_tenant(s, name, settings, **quotas)
+        elif any(getattr(tenant, k) != v for k, v in quotas.items()):
+            tenants.update_quotas(s, tenant, **quotas)
         return tenant.id
 
 
 def ensure_api_key(db: Database, tenant: str, secret: str) -> str:
     """Register `secret` as the tenant's key unless it already is; returns the key id."""
     with db.session() as s:
-        existing = s.scalar(select(m.ApiKey).where(m.ApiKey.key_hash == hash_key(secret)))
+        existing = s.scalar(select(m.ApiKey).where(m.ApiKey.key_hash == tenants.hash_key(secret)))
         if existing is not None:
             if existing.tenant_id != tenant:
                 raise ValueError("the API key Secret holds another tenant's key")
@@ -85,22 +79,16 @@ def ensure_api_key(db: Database, tenant: str, secret: str) -> str:
         row = s.get(m.Tenant, tenant)
         if row is None:
             raise LookupError(f"tenant {tenant} is not in the database")
-        return issue_key(s, row, "operator: first key", secret=secret).record.id
+        return tenants.issue_key(s, row, "operator: first key", secret=secret).record.id
 
 
 def delete_tenant(db: Database, name: str) -> bool:
     """Remove the tenant and (by cascade) its keys, adapters, files, jobs and usage."""
     with db.session() as s:
-        tenant = s.scalar(select(m.Tenant).where(m.Tenant.name == name))
+        tenant = tenants.get_tenant(s, name)
         if tenant is None:
             return False
-        tid = tenant.id
-        job_ids = select(m.FineTuneJob.id).where(m.FineTuneJob.tenant_id == tid)
-        for table in (m.JobEvent, m.JobCheckpoint):
-            s.execute(delete(table).where(table.job_id.in_(job_ids)))
-        for table in (m.FineTuneJob, m.Adapter, m.FileObject, m.UsageDay, m.ServedModel, m.ApiKey):
-            s.execute(delete(table).where(table.tenant_id == tid))
-        s.delete(tenant)
+        tenants.delete_tenant(s, tenant)
         return True
 
 

@@ -98,9 +98,9 @@ class TenantQuotas(CrdModel):
     """Requests per minute over all keys; empty = the platform default."""
     tokens_per_minute: int | None = Field(default=None, ge=1)
     """Tokens (prompt + completion) per minute; empty = the platform default."""
-    max_adapters: int | None = Field(default=None, ge=0)
+    max_adapters: int | None = Field(default=None, ge=1)
     """Adapters stored at once; empty = the platform default."""
-    max_concurrent_jobs: int | None = Field(default=None, ge=0)
+    max_concurrent_jobs: int | None = Field(default=None, ge=1)
     """Fine-tune jobs queued or running at once; empty = the platform default."""
     gpus: int = Field(default=8, ge=0)
     """GPUs the tenant's namespace may request in total (ResourceQuota)."""

@@ -44,9 +44,6 @@ class OperatorSettings(BaseSettings):
     finetune_poll_s: float = Field(
         default=10.0, description="How often a FineTuneJob's progress is copied from the database."
     )
-    finetune_queue: str = Field(
-        default="celery", description="Celery queue the fine-tune tasks are sent to."
-    )
     watch_timeout_s: float | None = Field(
         default=None,
         description="Client-side timeout of a watch request (then the operator re-lists); "

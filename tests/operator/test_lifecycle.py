@@ -102,7 +102,7 @@ def env(
         "LMAAS_OPERATOR_WATCH_TIMEOUT_S": "5",
         "LMAAS_OPERATOR_RESYNC_INTERVAL_S": "1",
         "LMAAS_OPERATOR_FINETUNE_POLL_S": "0.5",
-        "LMAAS_OPERATOR_FINETUNE_QUEUE": queue,
+        "LMAAS_TASK_QUEUE": queue,
         "LMAAS_OPERATOR_PLATFORM_NAMESPACE": "lmaas-system",
     }
     for key, value in values.items():
@@ -391,7 +391,7 @@ def test_lifecycle_tenant_service_adapter_finetune(
         job_id = job["status"]["jobId"]
         assert job["status"]["phase"] == "queued"
         with Connection(env["LMAAS_BROKER_URL"]) as conn:
-            queue = conn.SimpleQueue(env["LMAAS_OPERATOR_FINETUNE_QUEUE"])
+            queue = conn.SimpleQueue(env["LMAAS_TASK_QUEUE"])
             message = queue.get(timeout=10)
             assert message.headers["task"] == "lmaas.finetune.run_job"
             assert message.headers["id"] == job_id
