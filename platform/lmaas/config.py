@@ -103,6 +103,33 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, description="Largest fine-tune data file accepted (bytes)."
     )
     max_lora_rank: int = Field(default=64, description="Largest LoRA rank accepted.")
+    kv_cache_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory for the engine's paged KV cache (bytes); 0 = auto: 80% of the free "
+        "GPU memory, or a quarter of the available RAM (at most 2 GiB) on CPU.",
+    )
+    max_num_seqs: int = Field(
+        default=64, ge=1, description="Most sequences the engine runs in one batch."
+    )
+    max_batched_tokens: int = Field(
+        default=512,
+        ge=16,
+        description="Token budget of one engine step (decodes + prompt chunks); longer prompts "
+        "are prefilled in chunks.",
+    )
+    lora_slots: int = Field(
+        default=16,
+        ge=0,
+        description="Adapters held on the device at once (distinct adapters in one batch); "
+        "0 = serve the base model only.",
+    )
+    lora_host_pool: int = Field(
+        default=64,
+        ge=1,
+        description="Adapters kept in host memory (least recently used are dropped, pinned ones "
+        "never).",
+    )
     default_requests_per_minute: int = Field(
         default=600, description="Quota of a new tenant: requests per minute."
     )
