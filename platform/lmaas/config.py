@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="Adapters held on the device at once (distinct adapters in one batch); "
         "0 = serve the base model only.",
     )
+    engine_threads: int = Field(
+        default=0,
+        ge=0,
+        description="CPU threads of the engine's torch kernels; 0 = torch's default (every core). "
+        "Set it to the pod's CPU limit.",
+    )
     lora_host_pool: int = Field(
         default=64,
         ge=1,

@@ -11,8 +11,12 @@ from lmaas.engine.block_manager import BlockManager
 from lmaas.engine.sequence import Sequence
 
 
-def make_seq(seq_id: int, tokens: list[int], adapter: str | None = None, bs: int = 4) -> Sequence:
-    return Sequence(seq_id, tokens, max_tokens=8, block_size=bs, adapter_id=adapter)
+def make_seq(
+    seq_id: int, tokens: list[int], adapter: str | None = None, bs: int = 4, tenant: str = "t"
+) -> Sequence:
+    return Sequence(
+        seq_id, tokens, max_tokens=8, block_size=bs, adapter_id=adapter, tenant_id=tenant
+    )
 
 
 def test_modules_stay_torch_free() -> None:
@@ -74,13 +78,14 @@ def test_the_last_prompt_token_is_always_computed() -> None:
     assert bm.match_prefix(same) == 4  # the second block holds the last token: recomputed
 
 
-def test_prefixes_are_per_adapter() -> None:
+def test_prefixes_are_per_adapter_and_per_tenant() -> None:
     bm = BlockManager(num_blocks=10, block_size=4)
     base = make_seq(1, list(range(9)))
     bm.allocate(base, 9)
     base.num_computed_tokens = 9
     bm.commit(base)
     assert bm.match_prefix(make_seq(2, list(range(9)), adapter="a")) == 0
+    assert bm.match_prefix(make_seq(5, list(range(9)), tenant="other")) == 0
     assert bm.match_prefix(make_seq(3, list(range(9)))) == 8
 
 

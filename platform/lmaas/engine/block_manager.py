@@ -2,8 +2,9 @@
 
 Plain Python (no torch). A block holds the keys and values of `block_size` consecutive
 tokens of one sequence. Full blocks are identified by a hash of their tokens chained with
-the hash of the blocks before them and a namespace (the adapter: LoRA changes keys and
-values), so a new sequence whose prompt starts like a cached one reuses those blocks
+the hash of the blocks before them and a namespace — the tenant (no tenant can learn from
+cache timing what another one sent) and the adapter (LoRA changes keys and values) — so a
+new sequence whose prompt starts like a cached one of its namespace reuses those blocks
 (reference counted) instead of computing them again. A freed block keeps its content and
 hash until it is handed out again, so prefixes of finished requests stay reusable.
 """
@@ -55,7 +56,7 @@ class BlockManager:
         return 1.0 - len(self._free) / len(self.blocks)
 
     @staticmethod
-    def block_hash(parent: int | None, namespace: str | None, token_ids: tuple[int, ...]) -> int:
+    def block_hash(parent: int | None, namespace: tuple, token_ids: tuple[int, ...]) -> int:
         return hash((parent, namespace, token_ids))
 
     # Prefix sharing ---------------------------------------------------------------------
@@ -71,7 +72,7 @@ class BlockManager:
         num_full = (seq.num_prompt_tokens - 1) // self.block_size
         for index in range(num_full):
             tokens = tuple(seq.block_token_ids(index))
-            h = self.block_hash(parent, seq.adapter_id, tokens)
+            h = self.block_hash(parent, (seq.tenant_id, seq.adapter_id), tokens)
             block_id = self._hash_to_block.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
                 break
@@ -116,7 +117,7 @@ class BlockManager:
             block = self.blocks[seq.block_table[index]]
             if block.hash is None:
                 tokens = tuple(seq.block_token_ids(index))
-                block.hash = self.block_hash(parent, seq.adapter_id, tokens)
+                block.hash = self.block_hash(parent, (seq.tenant_id, seq.adapter_id), tokens)
                 block.token_ids = tokens
                 self._hash_to_block.setdefault(block.hash, block.block_id)
             parent = block.hash

@@ -66,6 +66,7 @@ class EngineConfig:
     vtc_input_weight: float = 1.0
     vtc_output_weight: float = 2.0
     adapter_cache_dir: Path | None = None
+    threads: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
@@ -84,12 +85,8 @@ class EngineConfig:
             lora_host_pool=settings.lora_host_pool,
             max_lora_rank=settings.max_lora_rank,
             adapter_cache_dir=settings.home / "adapter-cache",
+            threads=settings.engine_threads,
         )
-
-    @property
-    def lora_dtype(self) -> torch.dtype:
-        # On CPU, fp32 batched matmuls of LoRA's thin matrices run faster than bf16 ones.
-        return torch.float32 if self.device.type == "cpu" else self.dtype
 
     def cache_budget(self, model_bytes: int) -> int:
         """Bytes for the KV cache: the setting, or a share of the free memory."""

@@ -28,7 +28,8 @@ class AttentionGroup:
 
     `block_tables` is None for a single fresh prompt, which attends causally to its own
     keys. Otherwise each sequence's queries (padded to `q_len`) attend to its blocks under
-    `mask` (num_seqs, 1, q_len, context).
+    `mask` (num_seqs, 1, q_len, context), also given as an additive fp32 `bias`
+    (0 or −inf) shaped (num_seqs, 1, 1, q_len, context).
     """
 
     token_slice: slice
@@ -36,6 +37,7 @@ class AttentionGroup:
     q_len: int
     block_tables: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
     pad_index: torch.Tensor | None = None
     unpad_index: torch.Tensor | None = None
 
@@ -163,6 +165,7 @@ def _padded_group(
         unpad_index = torch.tensor(unpad, dtype=torch.long, device=device)
     return AttentionGroup(
         token_slice=slice(offset, offset + sum(q_lens)),
+        bias=_bias(mask),
         num_seqs=len(items),
         q_len=q_len,
         block_tables=torch.tensor(tables, dtype=torch.long, device=device),
@@ -187,4 +190,11 @@ def _single_group(item: ScheduledSeq, offset: int, bs: int, device: torch.device
         q_len=n,
         block_tables=torch.tensor([item.seq.block_table[:num_blocks]], device=device),
         mask=mask,
+        bias=_bias(mask),
     )
+
+
+def _bias(mask: torch.Tensor) -> torch.Tensor:
+    """(seqs, 1, q_len, ctx) bool → (seqs, 1, 1, q_len, ctx) additive fp32 mask."""
+    bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    return bias.masked_fill_(~mask, float("-inf")).unsqueeze(1)

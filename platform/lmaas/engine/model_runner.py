@@ -28,6 +28,8 @@ class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device, self.dtype = config.device, config.dtype
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
         started = time.perf_counter()
         self.model = load_model(
             config.model_path, dtype=self.dtype, device=self.device, max_positions=None
@@ -45,7 +47,7 @@ class ModelRunner:
                 num_slots=config.lora_slots,
                 host_pool_size=config.lora_host_pool,
                 max_rank=config.max_lora_rank,
-                dtype=config.lora_dtype,
+                dtype=self.dtype,
                 device=self.device,
                 max_loads_per_step=config.lora_loads_per_step,
             )

@@ -61,7 +61,12 @@ def lora_expand(y: torch.Tensor, h: LoraBuffer, b: torch.Tensor, mapping: LoraMa
     """
     if mapping.packed is not None and h.packed is not None:
         groups = mapping.packed
-        groups.add_to(y, torch.bmm(h.packed, groups.weights(b)))
+        weights = groups.weights(b)
+        if groups.dst is None and y.dtype == b.dtype:  # dense: accumulate in place
+            target = y[groups.src].view(groups.num_groups, groups.group_size, -1)
+            target.baddbmm_(h.packed, weights)
+        else:
+            groups.add_to(y, torch.bmm(h.packed, weights))
     for (tokens, slot), hs in zip(mapping.segments, h.segments, strict=True):
         out = (hs @ b[slot]).to(y.dtype)
         if isinstance(tokens, slice):
