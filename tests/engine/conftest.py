@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-
-torch.set_num_threads(1)
 
 BYTE_SPECIALS = ["<s>", "</s>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -141,6 +139,15 @@ def build_adapter(base: Path, folder: Path, *, rank: int, seed: int, targets=Non
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
     peft_model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The engine tests run torch on one thread (restored afterwards for other packages)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

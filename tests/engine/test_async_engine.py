@@ -135,3 +135,13 @@ async def test_from_settings_and_info(tiny_models, monkeypatch) -> None:
         assert events[-1].usage.completion_tokens == 3
     finally:
         await eng.shutdown()
+
+
+async def test_a_request_id_runs_once_at_a_time(engine) -> None:
+    first = engine.generate(request("dup", max_tokens=50))
+    await first.__anext__()
+    with pytest.raises(EngineRequestError) as err:
+        await engine.generate(request("dup")).__anext__()
+    assert err.value.status == 409
+    rest = [event async for event in first]
+    assert rest[-1].finish_reason == "length"

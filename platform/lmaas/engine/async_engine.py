@@ -99,6 +99,10 @@ class AsyncEngine(InferenceEngine):
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
         if self._thread is None:
             raise RuntimeError("the engine is not started: await engine.start() first")
+        if request.request_id in self._streams:
+            raise EngineRequestError(
+                f"request {request.request_id!r} is already running", param="request_id", status=409
+            )
         await self._ensure_adapter(request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerateEvent] = asyncio.Queue()

@@ -28,15 +28,14 @@ class AttentionGroup:
 
     `block_tables` is None for a single fresh prompt, which attends causally to its own
     keys. Otherwise each sequence's queries (padded to `q_len`) attend to its blocks under
-    `mask` (num_seqs, 1, q_len, context), also given as an additive fp32 `bias`
-    (0 or −inf) shaped (num_seqs, 1, 1, q_len, context).
+    an additive fp32 mask `bias` (0 where a query sees a key, −inf elsewhere) shaped
+    (num_seqs, 1, 1, q_len, context).
     """
 
     token_slice: slice
     num_seqs: int
     q_len: int
     block_tables: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     pad_index: torch.Tensor | None = None
     unpad_index: torch.Tensor | None = None
@@ -169,7 +168,6 @@ def _padded_group(
         num_seqs=len(items),
         q_len=q_len,
         block_tables=torch.tensor(tables, dtype=torch.long, device=device),
-        mask=mask,
         pad_index=pad_index,
         unpad_index=unpad_index,
     )
@@ -189,7 +187,6 @@ def _single_group(item: ScheduledSeq, offset: int, bs: int, device: torch.device
         num_seqs=1,
         q_len=n,
         block_tables=torch.tensor([item.seq.block_table[:num_blocks]], device=device),
-        mask=mask,
         bias=_bias(mask),
     )
 
