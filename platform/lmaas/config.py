@@ -98,9 +98,9 @@ class Settings(BaseSettings):
         default=DEFAULT_MODEL_NAME, description="Name under which the base model is served."
     )
     engine: str = Field(
-        default="reference",
-        description="Inference engine of the runtime: `reference` (transformers + peft, one "
-        "request at a time).",
+        default="lmaas",
+        description="Inference engine of the runtime: `lmaas` (continuous batching, paged KV "
+        "cache, batched multi-LoRA) or `reference` (transformers + peft, one request at a time).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Device of the runtime engine."
@@ -118,6 +118,39 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, description="Largest fine-tune data file accepted (bytes)."
     )
     max_lora_rank: int = Field(default=64, description="Largest LoRA rank accepted.")
+    kv_cache_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory for the engine's paged KV cache (bytes); 0 = auto: 80% of the free "
+        "GPU memory, or a quarter of the available RAM (at most 2 GiB) on CPU.",
+    )
+    max_num_seqs: int = Field(
+        default=64, ge=1, description="Most sequences the engine runs in one batch."
+    )
+    max_batched_tokens: int = Field(
+        default=512,
+        ge=16,
+        description="Token budget of one engine step (decodes + prompt chunks); longer prompts "
+        "are prefilled in chunks.",
+    )
+    lora_slots: int = Field(
+        default=16,
+        ge=0,
+        description="Adapters held on the device at once (distinct adapters in one batch); "
+        "0 = serve the base model only.",
+    )
+    engine_threads: int = Field(
+        default=0,
+        ge=0,
+        description="CPU threads of the engine's torch kernels; 0 = torch's default (every core). "
+        "Set it to the pod's CPU limit.",
+    )
+    lora_host_pool: int = Field(
+        default=64,
+        ge=1,
+        description="Adapters kept in host memory (least recently used are dropped, pinned ones "
+        "never).",
+    )
     default_requests_per_minute: int = Field(
         default=600, description="Quota of a new tenant: requests per minute."
     )

@@ -82,6 +82,11 @@ class RuntimeClient:
             return await self._http.send(request, stream=stream)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ReplicaUnreachable(str(request.url)) from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # The replica closed the connection before answering (it died, or a kept-alive
+            # connection to a replica that has since restarted). Nothing reached the client
+            # and a runtime keeps no state of a request, so another replica may serve it.
+            raise ReplicaUnreachable(str(request.url)) from exc
         except httpx.HTTPError as exc:
             raise BadGateway(f"the model runtime failed ({type(exc).__name__})") from exc
 

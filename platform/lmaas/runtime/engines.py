@@ -9,6 +9,7 @@ module lazily so that other engines' dependencies are not needed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from lmaas.config import Settings
@@ -31,7 +32,15 @@ def _reference(settings: Settings, model_dir: Path) -> InferenceEngine:
     )
 
 
+def _lmaas(settings: Settings, model_dir: Path) -> InferenceEngine:
+    from lmaas.engine.async_engine import AsyncEngine
+    from lmaas.engine.engine_config import EngineConfig
+
+    return AsyncEngine(replace(EngineConfig.from_settings(settings), model_path=model_dir))
+
+
 ENGINES: dict[str, EngineFactory] = {
+    "lmaas": _lmaas,
     "reference": _reference,
 }
 

@@ -1,0 +1,108 @@
+"""The device bank: every wrapped projection's LoRA weights, stacked by slot.
+
+For each base projection the bank holds A of all its parts concatenated along the rank
+(slots, parts·rank, in_features) — one shrink serves a fused q/k/v — and one B per part
+(slots, rank, out_features) with the scaling folded in. The bank's rank is the largest
+rank loaded so far; smaller adapters are zero-padded. A larger adapter grows the bank
+(reallocate and copy, once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lmaas.engine.lora.adapter import LoraAdapter
+
+__all__ = ["LoraBank", "LoraWeights"]
+
+
+@dataclass(eq=False)
+class LoraWeights:
+    """The stacked weights of one base projection (read by its `LoraLinear` every step)."""
+
+    layer: int
+    parts: list[tuple[str, int, int]]  # (target name, in_features, out_features)
+    rank: int = 0
+    a: torch.Tensor | None = None
+    b: list[torch.Tensor] = field(default_factory=list)
+
+
+class LoraBank:
+    def __init__(self, num_slots: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        self.num_slots = num_slots
+        self.dtype = dtype
+        self.device = device
+        self.rank = 0
+        self.entries: list[LoraWeights] = []
+        self.slot_adapter: list[str | None] = [None] * num_slots
+
+    def register(self, layer: int, parts: list[tuple[str, int, int]]) -> LoraWeights:
+        entry = LoraWeights(layer=layer, parts=parts)
+        self.entries.append(entry)
+        return entry
+
+    @property
+    def num_bytes(self) -> int:
+        total = 0
+        for e in self.entries:
+            if e.a is not None:
+                total += e.a.nbytes + sum(b.nbytes for b in e.b)
+        return total
+
+    def bytes_for_rank(self, rank: int) -> int:
+        element = torch.empty((), dtype=self.dtype).element_size()
+        per_slot = sum(rank * (i + o) for e in self.entries for _, i, o in e.parts)
+        return per_slot * self.num_slots * element
+
+    def ensure_rank(self, rank: int) -> None:
+        """Grow every stacked tensor to `rank` (a multiple of 8), keeping loaded adapters."""
+        if rank <= self.rank:
+            return
+        new = max(8, (rank + 7) // 8 * 8)
+        old = self.rank
+        for e in self.entries:
+            n = len(e.parts)
+            in_features = e.parts[0][1]
+            a = torch.zeros(
+                self.num_slots, n * new, in_features, dtype=self.dtype, device=self.device
+            )
+            bs = [
+                torch.zeros(self.num_slots, new, out, dtype=self.dtype, device=self.device)
+                for _, _, out in e.parts
+            ]
+            if e.a is not None:
+                for j in range(n):
+                    a[:, j * new : j * new + old] = e.a[:, j * old : (j + 1) * old]
+                    bs[j][:, :old] = e.b[j]
+            e.a, e.b, e.rank = a, bs, new
+        self.rank = new
+
+    def load(self, slot: int, adapter: LoraAdapter) -> None:
+        """Copy `adapter` into `slot` (zeros where it has no weights)."""
+        self.ensure_rank(adapter.rank)
+        r_bank = self.rank
+        for e in self.entries:
+            stacked_a = e.a
+            if stacked_a is None:  # no entry is left without tensors by ensure_rank
+                continue
+            stacked_a[slot].zero_()
+            for j, (target, _, _) in enumerate(e.parts):
+                e.b[j][slot].zero_()
+                pair = adapter.weights.get((e.layer, target))
+                if pair is None:
+                    continue
+                a, b = pair
+                r = a.shape[0]
+                stacked_a[slot, j * r_bank : j * r_bank + r].copy_(a, non_blocking=True)
+                e.b[j][slot, :r].copy_(b.T, non_blocking=True)
+        self.slot_adapter[slot] = adapter.adapter_id
+
+    def clear(self, slot: int) -> None:
+        for e in self.entries:
+            if e.a is not None:
+                e.a[slot].zero_()
+                for b in e.b:
+                    b[slot].zero_()
+        self.slot_adapter[slot] = None
