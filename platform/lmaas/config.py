@@ -138,6 +138,40 @@ class Settings(BaseSettings):
         description="Longest time a request waits for a ready runtime replica (model loading, "
         "scale from zero) before it fails with 503.",
     )
+    scale_backend: Literal["static", "embedded", "kubernetes"] = Field(
+        default="static",
+        description="Where the gateway's runtimes come from: `static` = the fixed "
+        "`LMAAS_RUNTIME_URLS`; `embedded` = runtime processes the gateway starts on demand and "
+        "stops when idle (what `lmaas up` uses); `kubernetes` = it scales ModelService "
+        "Deployments from and to zero (in the cluster).",
+    )
+    activation_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest time a request is held while its service scales up from zero "
+        "(`embedded`, `kubernetes`) before it fails with 503 and `Retry-After`.",
+    )
+    idle_timeout_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds without requests after which a service scales to zero "
+        "(`embedded`; the default of a ModelService without its own); 0 = never.",
+    )
+    runtime_prewarm: bool = Field(
+        default=True,
+        description="`embedded`: start the runtime with the gateway (`lmaas up` comes up warm) "
+        "instead of on the first request.",
+    )
+    kube_api_url: str | None = Field(
+        default=None,
+        description="`kubernetes`: URL of the Kubernetes API server; default the in-cluster one "
+        "(service-account token and CA from the pod).",
+    )
+    kube_namespace: str | None = Field(
+        default=None,
+        description="`kubernetes`: the namespace whose ModelServices the gateway scales; "
+        "default all namespaces.",
+    )
     log_level: str = Field(default="INFO", description="Log level of every process.")
 
     @field_validator("home", mode="after")
