@@ -83,11 +83,14 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface the gateway listens on.")
     port: int = Field(default=8000, description="Port of the gateway.")
     runtime_host: str = Field(default="127.0.0.1", description="Interface the runtime listens on.")
-    runtime_port: int = Field(default=8001, description="Port of the runtime.")
+    runtime_port: int = Field(
+        default=8001,
+        description="Port of `lmaas runtime` (the embedded scale backend picks free ports itself).",
+    )
     runtime_urls: str | None = Field(
         default=None,
-        description="Comma-separated base URLs of runtime replicas the gateway routes to; "
-        "default the embedded runtime at `http://127.0.0.1:$LMAAS_RUNTIME_PORT`.",
+        description="`static` scale backend: comma-separated base URLs of runtime replicas the "
+        "gateway routes to; default `http://127.0.0.1:$LMAAS_RUNTIME_PORT`.",
     )
     base_model: str | None = Field(
         default=None,
@@ -135,8 +138,8 @@ class Settings(BaseSettings):
     )
     replica_wait_s: float = Field(
         default=300.0,
-        description="Longest time a request waits for a ready runtime replica (model loading, "
-        "scale from zero) before it fails with 503.",
+        description="`static` scale backend: longest time a request waits for a ready runtime "
+        "replica (model loading, a restart) before it fails with 503.",
     )
     scale_backend: Literal["static", "embedded", "kubernetes"] = Field(
         default="static",

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.activator.conftest import (
     ADMIN_TOKEN,
     MODEL,
     QUESTION,
+    Gateway,
     metric,
     runtime_requests,
     serve_gateway,
@@ -329,3 +331,36 @@ def test_endpoint_slices_give_non_terminating_addresses() -> None:
         "endpoints": [{"addresses": ["fd00::1"]}],
     }
     assert _slice_urls(v6) == ["http://[fd00::1]:8001"]
+
+
+@pytest.mark.redis
+def test_a_gateway_never_scales_down_a_service_another_gateway_is_using(
+    kube: KubeStandIn, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    shared = {"redis_url": redis_url, "redis_prefix": redis_prefix}
+    quick = _settings(tmp_path / "a", kube, activation_timeout_s=0.5, **shared)
+    patient = _settings(tmp_path / "b", kube, activation_timeout_s=8.0, **shared)
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 2}
+    with serve_gateway(quick) as a, serve_gateway(patient) as b:
+
+        def post(gateway: Gateway) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {gateway.tenant_key()}"}
+            return httpx.post(
+                f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=60
+            )
+
+        assert post(a).status_code == 503  # A wakes the service (no pod comes: no controller)
+        assert (_replicas(kube, "chat-a10g"), _replicas(kube, "chat-l4")) == (2, 1)
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(post, b)  # B holds a request for 8 s
+            # A alone finds the service idle 2 s after its own request; B's use keeps it up.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                assert (_replicas(kube, "chat-a10g"), _replicas(kube, "chat-l4")) == (2, 1)
+                time.sleep(0.1)
+            assert held.result().status_code == 503
+        wait_until(
+            lambda: (_replicas(kube, "chat-a10g"), _replicas(kube, "chat-l4")) == (0, 0),
+            30,
+            "the service, idle everywhere, to go back to zero",
+        )

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from lmaas.config import Settings
 from lmaas.gateway.activator.activator import ActivationFailed, Activator
+from lmaas.gateway.activator.activity import ActivityLedger, LocalActivity, RedisActivity
 from lmaas.gateway.activator.backend import BackendError, ScaleBackend, ServiceInfo
 from lmaas.gateway.activator.metrics import ActivatorMetrics
 from lmaas.gateway.runtime_client import RuntimeClient
@@ -49,10 +50,16 @@ async def build_activator(
         )
     else:
         raise ValueError(f"no activator for scale backend {settings.scale_backend!r}")
+    activity: ActivityLedger = (
+        RedisActivity(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else LocalActivity()
+    )
     activator = Activator(
         backend,
         client,
         metrics=ActivatorMetrics(registry),
+        activity=activity,
         activation_timeout_s=settings.activation_timeout_s,
     )
     await activator.start(prewarm=prewarm)

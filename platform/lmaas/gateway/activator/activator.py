@@ -27,12 +27,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lmaas.gateway.activator.activity import ActivityLedger, LocalActivity
 from lmaas.gateway.activator.backend import BackendError, ScaleBackend
 from lmaas.gateway.activator.metrics import ActivatorMetrics
+from lmaas.gateway.activator.prober import ReplicaProber
 from lmaas.gateway.activator.service_state import ServiceState
 from lmaas.gateway.errors import ApiError, ServiceUnavailable
 from lmaas.gateway.routing import Replica
-from lmaas.gateway.runtime_client import ReplicaUnreachable, RuntimeClient
+from lmaas.gateway.runtime_client import RuntimeClient
 
 __all__ = ["ActivationFailed", "Activator"]
 
@@ -66,6 +68,7 @@ class Activator:
         client: RuntimeClient,
         *,
         metrics: ActivatorMetrics | None = None,
+        activity: ActivityLedger | None = None,
         activation_timeout_s: float = 300.0,
         poll_s: float = 0.25,
         refresh_s: float = 5.0,
@@ -75,7 +78,8 @@ class Activator:
     ) -> None:
         self.backend = backend
         self.metrics = metrics or ActivatorMetrics()
-        self._client = client
+        self.activity = activity or LocalActivity()
+        self._prober = ReplicaProber(backend, client, self.metrics)
         self._activation_timeout_s = activation_timeout_s
         self._poll_s = poll_s
         self._refresh_s = refresh_s
@@ -111,7 +115,10 @@ class Activator:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.backend.aclose()
+        try:
+            await self.backend.aclose()
+        finally:
+            await self.activity.aclose()
 
     # ReplicaSource -------------------------------------------------------------------
 
@@ -256,7 +263,7 @@ class Activator:
                     if time.monotonic() >= next_scale:
                         cold = await self._scale_up(service) or cold
                         next_scale = time.monotonic() + self._rescale_s
-                    await self._probe(service)
+                    await self._prober.probe(service)
                 except BackendError as exc:
                     log.warning("scaling up %s: %s (retrying)", service.key, exc)
                 if service.ready():
@@ -298,53 +305,6 @@ class Activator:
                 log.info("%s: scaling up from %d to %d replica(s)", service.key, current, size)
         return current == 0
 
-    # Probing ---------------------------------------------------------------------------
-
-    async def _probe(self, service: ServiceState) -> None:
-        """Refresh the service's replicas from the backend and each one's ``/readyz``."""
-        async with service.probe_lock:
-            urls = [u.rstrip("/") for u in await self.backend.endpoints(service.info)]
-            for url in list(service.replicas):
-                if url not in urls:
-                    service.retire(url)
-            for url in urls:
-                service.replicas.setdefault(url, Replica(url=url))
-            await asyncio.gather(
-                *(self._probe_replica(service, r) for r in service.replicas.values())
-            )
-            service.checked_at = time.monotonic()
-            self.metrics.ready_replicas.labels(service.key).set(len(service.ready()))
-
-    async def _probe_replica(self, service: ServiceState, replica: Replica) -> None:
-        readiness = await self._client.readiness(replica.url)
-        ready = readiness.ready
-        if readiness.failed:
-            service.failed[replica.url] = readiness.error or "the model could not be loaded"
-        else:
-            service.failed.pop(replica.url, None)
-        try:
-            if ready and replica.model is None:
-                replica.model = (await self._client.info(replica.url)).model
-            if ready and replica.model != service.info.model:
-                log.warning(
-                    "%s serves %s, not %s: not routing to it",
-                    replica.url,
-                    replica.model,
-                    service.info.model,
-                )
-                ready = False
-            if ready:
-                loaded = await self._client.adapters(replica.url)
-                replica.adapter_ids = {a.adapter_id for a in loaded}
-        except (ReplicaUnreachable, ApiError):
-            ready = False
-        if ready != replica.ready:
-            log.info(
-                "%s replica %s is %s", service.key, replica.url, "ready" if ready else "not ready"
-            )
-        replica.ready = ready
-        replica.checked_at = time.monotonic()
-
     # The idle loop ---------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -362,18 +322,45 @@ class Activator:
         now = time.monotonic()
         if service.busy():
             service.last_active = now
+            await self._share_activity(service, now)
         if service.activating() or service.deactivating:
             return
         if service.replicas and now - service.checked_at >= self._refresh_s:
-            await self._probe(service)
+            await self._prober.probe(service)
         now = time.monotonic()
-        if service.should_scale_to_zero(now):
+        if service.should_scale_to_zero(now) and not await self._busy_elsewhere(service, now):
             task = asyncio.create_task(
                 self._scale_to_zero(service, idle_s=service.idle_for(now)),
                 name=f"lmaas-idle-{service.key}",
             )
             self._deactivations.add(task)
             task.add_done_callback(self._deactivations.discard)
+
+    async def _share_activity(self, service: ServiceState, now: float) -> None:
+        """Tell the other gateways this one is using the service (at most every few s)."""
+        timeout = service.info.idle_timeout_s
+        every = max(1.0, min(30.0, timeout / 10)) if timeout > 0 else 30.0
+        if now - service.shared_at < every:
+            return
+        try:
+            await self.activity.touch(service.key, keep_s=max(2 * timeout, 60.0))
+            service.shared_at = now
+        except Exception as exc:  # the ledger is advisory; a Redis outage must not stop us
+            log.warning("cannot share the activity of %s: %s", service.key, exc)
+
+    async def _busy_elsewhere(self, service: ServiceState, now: float) -> bool:
+        """Another gateway used the service within its idle timeout (then wait longer)."""
+        try:
+            idle_s = await self.activity.idle_for(service.key)
+        except Exception as exc:
+            log.warning(
+                "cannot read the activity of %s (%s): not scaling it down", service.key, exc
+            )
+            return True
+        if idle_s is not None and idle_s < service.info.idle_timeout_s:
+            service.last_active = now - idle_s
+            return True
+        return False
 
     async def _scale_to_zero(self, service: ServiceState, *, idle_s: float) -> None:
         # Withdraw the replicas at once (no await before this): a request arriving from now

@@ -39,6 +39,8 @@ class ServiceState:
     failure: tuple[float, str] | None = None
     """When and why the last activation failed (the model could not load)."""
     last_cold_start_s: float | None = None
+    shared_at: float = float("-inf")
+    """When this gateway last told the others (the activity ledger) it uses the service."""
     scale_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _retired: list[Replica] = field(default_factory=list)
