@@ -60,7 +60,11 @@ def _deployment(
         "metadata": {
             "name": name,
             "namespace": NAMESPACE,
-            "labels": {kn.LABEL_MODEL_SERVICE: SERVICE, kn.LABEL_COMPONENT: "runtime"},
+            "labels": {
+                kn.LABEL_MODEL_SERVICE: SERVICE,
+                kn.LABEL_COMPONENT: "runtime",
+                kn.LABEL_TENANT: "acme",
+            },
             "annotations": annotations,
         },
         "spec": {
@@ -294,6 +298,13 @@ async def test_the_backend_reads_the_plan_and_never_scales_a_non_serverless_serv
         assert info.scale_to_zero is False, "one Deployment is not serverless"
         assert info.idle_timeout_s == 2
         assert await backend.lookup("another-model") is None
+        shared = _deployment("pool-a10g", planned=1)
+        shared["metadata"] = dict(shared["metadata"], namespace="zz-shared")
+        shared["metadata"]["labels"] = {kn.LABEL_MODEL_SERVICE: "pool"}
+        kube.create(DEPLOYMENTS, shared)
+        backend.cache_ttl_s = 0
+        pooled = await backend.lookup(MODEL)
+        assert pooled is not None and pooled.key == "zz-shared/pool", "shared before tenants'"
         assert await backend.current_replicas(info) == 3
         assert await backend.scale_up(info) == 2 + 1 + 3
         await backend.scale_to_zero(info)

@@ -4,8 +4,9 @@ The operator labels each Deployment of a ModelService with ``lmaas.io/model-serv
 annotates it with the plan (`lmaas.kube_names`). Here:
 
 - a model's service is the ModelService whose Deployments serve it (label ``lmaas.io/model``,
-  else the runtime container's ``LMAAS_MODEL_NAME``); when several do, the first by
-  ``namespace/name``;
+  else the runtime container's ``LMAAS_MODEL_NAME``); when several do, a shared one (no
+  ``lmaas.io/tenant`` label) first, then the first by ``namespace/name`` (the router does
+  not pass the tenant yet, so a tenant's own ModelService is not preferred for it);
 - scaling up sets each Deployment to its ``planned-replicas`` (at least 1) through the
   ``scale`` subresource, never lowering one that has more;
 - scaling to zero sets each *serverless* Deployment to 0 (a service with minReplicas > 0 is
@@ -133,7 +134,12 @@ class KubernetesBackend:
                 services.setdefault(f"{meta.get('namespace')}/{name}", []).append(deployment)
         if not services:
             return None
-        key = min(services)
+
+        def shared_first(key: str) -> tuple[bool, str]:
+            labels = _meta(services[key][0]).get("labels") or {}
+            return (kn.LABEL_TENANT in labels, key)
+
+        key = min(services, key=shared_first)
         deployments = services[key]
         return ServiceInfo(
             key=key,
