@@ -109,9 +109,20 @@ def create_tenant(
     return tenant
 
 
-def issue_key(session: Session, tenant: Tenant, name: str = "") -> IssuedKey:
-    """Create an API key for `tenant`; the plaintext is returned once and never stored."""
-    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+def issue_key(
+    session: Session, tenant: Tenant, name: str = "", *, secret: str | None = None
+) -> IssuedKey:
+    """Create an API key for `tenant`; the plaintext is returned once and never stored.
+
+    `secret` registers a key generated beforehand (the operator writes it to a Secret
+    first, so a crash between the two never leaves a key nobody holds).
+    """
+    if secret is None:
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    elif not secret.startswith(KEY_PREFIX) or len(secret) < len(KEY_PREFIX) + 32:
+        raise ValueError(
+            f"an API key must start with {KEY_PREFIX!r} and carry 32+ random characters"
+        )
     record = ApiKey(
         tenant_id=tenant.id,
         name=name,
