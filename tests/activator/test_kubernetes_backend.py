@@ -1,11 +1,12 @@
-"""The Kubernetes backend against a stand-in API server (kmock; see `kube_standin`).
+"""The Kubernetes backend against the stand-in API server (kmock; `tests/k8s_standin.py`).
 
 The stand-in stores objects and serves the real HTTP API, but runs no controllers: no Pods
 appear for a Deployment, no EndpointSlice for a Service. Where a test needs a replica, it
-plays those controllers itself (`_Controller`): when a Deployment is scaled above zero it
-starts a real ``lmaas runtime`` process and publishes it in an EndpointSlice, marking it
-ready once the runtime's ``/readyz`` answers (the kubelet's readiness probe); when the
-Deployment is scaled back to zero it stops the process and empties the slice.
+plays those controllers itself, through the API as they would (`_Controller`): when a
+Deployment is scaled above zero it starts a real ``lmaas runtime`` process and publishes
+it in an EndpointSlice, marking it ready once the runtime's ``/readyz`` answers (the
+kubelet's readiness probe); when the Deployment is scaled back to zero it stops the
+process and empties the slice.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from tests.activator.conftest import (
     serve_gateway,
     wait_until,
 )
-from tests.activator.kube_standin import KubeStandIn
 from tests.conftest import free_port
+from tests.k8s_standin import KubeStandIn
 
 NAMESPACE = "tenant-acme"
 SERVICE = "chat"
@@ -93,22 +94,57 @@ def _service() -> dict[str, Any]:
     }
 
 
-def _replicas(kube: KubeStandIn, name: str) -> int:
+class Cluster:
+    """The stand-in's objects, read and written over its HTTP API (as a controller would)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._http = httpx.Client(base_url=url, timeout=10)
+
+    @staticmethod
+    def _path(key: str, namespace: str, name: str | None = None) -> str:
+        group_version, plural = key.rsplit("/", 1)
+        root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        return f"{root}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+
+    def create(self, key: str, body: dict[str, Any]) -> None:
+        r = self._http.post(self._path(key, body["metadata"]["namespace"]), json=body)
+        assert r.status_code in (200, 201), r.text
+
+    def get(self, key: str, namespace: str, name: str) -> dict[str, Any] | None:
+        r = self._http.get(self._path(key, namespace, name))
+        return None if r.status_code == 404 else r.json()
+
+    def patch(self, key: str, namespace: str, name: str, changes: dict[str, Any]) -> None:
+        r = self._http.patch(
+            self._path(key, namespace, name),
+            json=changes,
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert r.status_code == 200, r.text
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _replicas(kube: Cluster, name: str) -> int:
     body = kube.get(DEPLOYMENTS, NAMESPACE, name)
     assert body is not None
     return int(body["spec"]["replicas"])
 
 
 @pytest.fixture
-def kube() -> Iterator[KubeStandIn]:
-    with KubeStandIn() as standin:
-        standin.create(DEPLOYMENTS, _deployment("chat-a10g", planned=2))
-        standin.create(DEPLOYMENTS, _deployment("chat-l4", planned=None))
-        standin.create("v1/services", _service())
-        yield standin
+def kube(tmp_path: Path) -> Iterator[Cluster]:
+    with KubeStandIn(tmp_path) as standin:
+        cluster = Cluster(standin.url)
+        cluster.create(DEPLOYMENTS, _deployment("chat-a10g", planned=2))
+        cluster.create(DEPLOYMENTS, _deployment("chat-l4", planned=None))
+        cluster.create("v1/services", _service())
+        yield cluster
+        cluster.close()
 
 
-def _settings(tmp_path: Path, kube: KubeStandIn, **overrides: object) -> Settings:
+def _settings(tmp_path: Path, kube: Cluster, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "home": tmp_path / "gateway-home",
         "database_url": f"sqlite:///{tmp_path / 'gateway.db'}",
@@ -125,7 +161,7 @@ def _settings(tmp_path: Path, kube: KubeStandIn, **overrides: object) -> Setting
 class _Controller:
     """Plays the Deployment controller, the kubelet and the EndpointSlice controller."""
 
-    def __init__(self, kube: KubeStandIn, home: Path, model_dir: Path) -> None:
+    def __init__(self, kube: Cluster, home: Path, model_dir: Path) -> None:
         self.kube = kube
         self.home = home
         self.model_dir = model_dir
@@ -217,7 +253,7 @@ class _Controller:
 
 
 def test_a_held_request_scales_the_deployments_up_and_idle_scales_them_back_to_zero(
-    kube: KubeStandIn, tmp_path: Path, tiny_model_dir: Path
+    kube: Cluster, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     settings = _settings(tmp_path, kube)
     with (
@@ -260,7 +296,7 @@ def test_a_held_request_scales_the_deployments_up_and_idle_scales_them_back_to_z
 
 
 def test_with_no_replica_coming_up_the_request_times_out_and_the_service_goes_back_to_zero(
-    kube: KubeStandIn, tmp_path: Path
+    kube: Cluster, tmp_path: Path
 ) -> None:
     settings = _settings(tmp_path, kube, activation_timeout_s=1.0)
     with serve_gateway(settings) as gw:
@@ -277,7 +313,7 @@ def test_with_no_replica_coming_up_the_request_times_out_and_the_service_goes_ba
         )
 
 
-def test_a_model_no_service_serves_is_refused_with_503(kube: KubeStandIn, tmp_path: Path) -> None:
+def test_a_model_no_service_serves_is_refused_with_503(kube: Cluster, tmp_path: Path) -> None:
     settings = _settings(tmp_path, kube, model_name="ghost")
     with serve_gateway(settings) as gw:
         headers = {"Authorization": f"Bearer {gw.tenant_key()}"}
@@ -288,7 +324,7 @@ def test_a_model_no_service_serves_is_refused_with_503(kube: KubeStandIn, tmp_pa
 
 
 async def test_the_backend_reads_the_plan_and_never_scales_a_non_serverless_service_down(
-    kube: KubeStandIn,
+    kube: Cluster,
 ) -> None:
     kube.create(DEPLOYMENTS, _deployment("chat-h100", planned=3, serverless=False, replicas=3))
     backend = KubernetesBackend(KubeApi(kube.url), default_idle_timeout_s=99)
@@ -346,7 +382,7 @@ def test_endpoint_slices_give_non_terminating_addresses() -> None:
 
 @pytest.mark.redis
 def test_a_gateway_never_scales_down_a_service_another_gateway_is_using(
-    kube: KubeStandIn, tmp_path: Path, redis_url: str, redis_prefix: str
+    kube: Cluster, tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
     shared = {"redis_url": redis_url, "redis_prefix": redis_prefix}
     quick = _settings(tmp_path / "a", kube, activation_timeout_s=0.5, **shared)
