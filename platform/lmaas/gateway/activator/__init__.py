@@ -33,6 +33,7 @@ async def build_activator(
     """The started activator of ``settings.scale_backend`` (`embedded` or `kubernetes`)."""
     backend: ScaleBackend
     prewarm: list[str] = []
+    poll_s = 0.25  # a local process: poll its /readyz often
     if settings.scale_backend == "embedded":
         from lmaas.gateway.activator.embedded import EmbeddedBackend
 
@@ -48,6 +49,7 @@ async def build_activator(
             namespace=settings.kube_namespace,
             default_idle_timeout_s=settings.idle_timeout_s,
         )
+        poll_s = 1.0  # each poll LISTs Services and EndpointSlices: spare the API server
     else:
         raise ValueError(f"no activator for scale backend {settings.scale_backend!r}")
     activity: ActivityLedger = (
@@ -61,6 +63,7 @@ async def build_activator(
         metrics=ActivatorMetrics(registry),
         activity=activity,
         activation_timeout_s=settings.activation_timeout_s,
+        poll_s=poll_s,
     )
     await activator.start(prewarm=prewarm)
     return activator
