@@ -17,7 +17,10 @@ subclass adds them (numbers as in shared/K8S-TESTING.md):
     (metadata.name / metadata.namespace) are applied to LIST and WATCH;
  9. PUT replaces the whole object;
 10. errors carry the standard reasons NotFound, AlreadyExists, Conflict, Invalid;
-11. a created CRD is served at once and reports Established (helm waits for it).
+11. a created CRD is served at once and reports Established (helm waits for it);
+12. a Deployment's ``scale`` subresource behaves as on a real server: GET answers an
+    ``autoscaling/v1`` Scale, PATCH changes only ``spec.replicas`` (the gateway's
+    activator scales through it); EndpointSlices are declared.
 
 What it still is not: no controllers (no Pods from Deployments), no garbage collection,
 no admission, RBAC, schema validation or /openapi. Tests check schemas separately.
@@ -75,6 +78,7 @@ BUILTIN_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
     ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, ("status",)),
     ("v1/endpoints", "Endpoints", True, ()),
     ("apps/v1/deployments", "Deployment", True, ("status", "scale")),
+    ("discovery.k8s.io/v1/endpointslices", "EndpointSlice", True, ()),
     ("apps/v1/statefulsets", "StatefulSet", True, ("status", "scale")),
     ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True, ("status",)),
     ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, ()),
@@ -93,6 +97,7 @@ BUILTIN_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
 ]
 
 _CRDS = kmock.resource("apiextensions.k8s.io/v1/customresourcedefinitions")
+_DEPLOYMENTS = kmock.resource("apps/v1/deployments")
 _VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 
 
@@ -247,6 +252,8 @@ class LmaasEmulator(kmock.KubernetesEmulator):
             verb = str(getattr(request.method, "value", request.method)).upper()
             if verb == method and re.search(pattern, request.url.path):
                 raise kmock.KubernetesError(status=status, reason="InjectedFault", message=pattern)
+        if request.resource == _DEPLOYMENTS and request.subresource == "scale" and request.name:
+            return await self._scale(request)
         if request.resource is not None and request.method == enums.method.PUT and request.name:
             return await self._replace(request)
         if request.resource is not None:
@@ -303,6 +310,36 @@ class LmaasEmulator(kmock.KubernetesEmulator):
                 for t in ("NamesAccepted", "Established")
             ],
         }
+
+    async def _scale(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """Fix 12: ``deployments/<name>/scale``: read or set ``spec.replicas`` only."""
+        async with self._lock:
+            stored = self._stored(request)
+            if stored is None:
+                raise kmock.KubernetesObjectNotFoundError()
+            if request.method in (enums.method.PATCH, enums.method.PUT):
+                replicas = ((request.data or {}).get("spec") or {}).get("replicas")
+                if not isinstance(replicas, int) or replicas < 0:
+                    raise kmock.KubernetesError(
+                        status=422, reason="Invalid", message="spec.replicas: must be an int >= 0"
+                    )
+                stored.patch(
+                    {
+                        "spec": {"replicas": replicas},
+                        "metadata": {"resourceVersion": self._next_version()},
+                    }
+                )
+                await self._buses[request.resource].put({"type": "MODIFIED", "object": stored.raw})
+            body = stored.raw
+        return aiohttp.web.json_response(
+            {
+                "apiVersion": "autoscaling/v1",
+                "kind": "Scale",
+                "metadata": {"name": request.name, "namespace": request.namespace},
+                "spec": {"replicas": (body.get("spec") or {}).get("replicas", 0)},
+                "status": {"replicas": (body.get("status") or {}).get("replicas", 0)},
+            }
+        )
 
     def _namespaced(self, resource: Any) -> bool:
         return self._scopes.get(resource, False)

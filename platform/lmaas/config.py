@@ -83,11 +83,14 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface the gateway listens on.")
     port: int = Field(default=8000, description="Port of the gateway.")
     runtime_host: str = Field(default="127.0.0.1", description="Interface the runtime listens on.")
-    runtime_port: int = Field(default=8001, description="Port of the runtime.")
+    runtime_port: int = Field(
+        default=8001,
+        description="Port of `lmaas runtime` (the embedded scale backend picks free ports itself).",
+    )
     runtime_urls: str | None = Field(
         default=None,
-        description="Comma-separated base URLs of runtime replicas the gateway routes to; "
-        "default the embedded runtime at `http://127.0.0.1:$LMAAS_RUNTIME_PORT`.",
+        description="`static` scale backend: comma-separated base URLs of runtime replicas the "
+        "gateway routes to; default `http://127.0.0.1:$LMAAS_RUNTIME_PORT`.",
     )
     base_model: str | None = Field(
         default=None,
@@ -168,8 +171,42 @@ class Settings(BaseSettings):
     )
     replica_wait_s: float = Field(
         default=300.0,
-        description="Longest time a request waits for a ready runtime replica (model loading, "
-        "scale from zero) before it fails with 503.",
+        description="`static` scale backend: longest time a request waits for a ready runtime "
+        "replica (model loading, a restart) before it fails with 503.",
+    )
+    scale_backend: Literal["static", "embedded", "kubernetes"] = Field(
+        default="static",
+        description="Where the gateway's runtimes come from: `static` = the fixed "
+        "`LMAAS_RUNTIME_URLS`; `embedded` = runtime processes the gateway starts on demand and "
+        "stops when idle (what `lmaas up` uses); `kubernetes` = it scales ModelService "
+        "Deployments from and to zero (in the cluster).",
+    )
+    activation_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest time a request is held while its service scales up from zero "
+        "(`embedded`, `kubernetes`) before it fails with 503 and `Retry-After`.",
+    )
+    idle_timeout_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds without requests after which a service scales to zero "
+        "(`embedded`; the default of a ModelService without its own); 0 = never.",
+    )
+    runtime_prewarm: bool = Field(
+        default=True,
+        description="`embedded`: start the runtime with the gateway (`lmaas up` comes up warm) "
+        "instead of on the first request.",
+    )
+    kube_api_url: str | None = Field(
+        default=None,
+        description="`kubernetes`: URL of the Kubernetes API server; default the in-cluster one "
+        "(service-account token and CA from the pod).",
+    )
+    kube_namespace: str | None = Field(
+        default=None,
+        description="`kubernetes`: the namespace whose ModelServices the gateway scales; "
+        "default all namespaces.",
     )
     log_level: str = Field(default="INFO", description="Log level of every process.")
 

@@ -38,6 +38,13 @@ class Platform:
         return result.stdout
 
     def pid(self, role: str) -> int:
+        """The pid of a child of `lmaas up`, or of the runtime its gateway started."""
+        if role == "runtime":
+            from lmaas.gateway.activator.runtime_process import runtime_records
+
+            records = runtime_records(self.home / "run")
+            assert len(records) == 1, f"expected one runtime, found {records}"
+            return records[0].pid
         return int((self.home / "run" / f"{role}.pid").read_text())
 
     def logs(self) -> str:

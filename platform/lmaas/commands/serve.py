@@ -1,4 +1,4 @@
-"""`lmaas gateway`, `lmaas runtime`, `lmaas worker` (one process each) and `lmaas up` (all three).
+"""`lmaas gateway`, `lmaas runtime`, `lmaas worker` (one process each) and `lmaas up` (all of them).
 
 The single-process commands read the settings (LMAAS_*), configure logging and run until
 SIGTERM/SIGINT, finishing in-flight work first (uvicorn's graceful shutdown; Celery's warm
@@ -79,7 +79,8 @@ def up(
         float, typer.Option(help="seconds each process gets to finish its work when stopping")
     ] = 30.0,
 ) -> None:
-    """Start the embedded platform: gateway, runtime and worker, supervised."""
+    """Start the embedded platform: gateway (which runs the model runtime, stopping it when
+    idle) and worker, supervised."""
     from lmaas.commands.supervisor import run_embedded
 
     raise typer.Exit(run_embedded(port=port, show_logs=show_logs, grace_s=grace))

@@ -1,12 +1,20 @@
-"""`lmaas up`: run gateway, runtime and worker as supervised child processes.
+"""`lmaas up`: run the gateway and the worker as supervised child processes.
+
+The gateway runs with the embedded scale backend (``LMAAS_SCALE_BACKEND=embedded``): it
+starts the model runtime itself — at once when ``LMAAS_RUNTIME_PREWARM`` is true (the
+default), so `lmaas up` comes up warm — stops it after ``LMAAS_IDLE_TIMEOUT_S`` without
+requests, and starts it again for the next request (scale from zero). The runtime records
+itself in ``$LMAAS_HOME/run/runtime-<port>.pid``, which is how this command shows its
+loading progress.
 
 The children run ``python -m lmaas <role>`` in their own session (a terminal's Ctrl-C
 reaches only the supervisor, which then stops them in order), with their logs in
 ``$LMAAS_HOME/logs/<role>.log`` and their pids in ``$LMAAS_HOME/run/<role>.pid``. A child
 that dies is restarted after a backoff (1 s doubling to 30 s; reset after a minute of good
 health). Stopping (Ctrl-C, SIGTERM) sends SIGTERM to the gateway first — it finishes the
-requests in flight — then to the runtime and the worker (which finishes its task); a child
-still running after the grace period is killed.
+requests in flight, then stops its runtime — then to the worker (which finishes its task);
+a child still running after the grace period is killed (its runtime then gets SIGTERM
+from the kernel).
 """
 
 from __future__ import annotations
@@ -193,7 +201,31 @@ def _gateway_up(url: str) -> bool:
         return False
 
 
-def _print_banner(url: str, model: str, token: str | None, home: Path) -> None:
+def _runtime_status(run_dir: Path) -> tuple[bool, str, str | None]:
+    """(ready, phase, error) of the runtime the gateway started, if any yet."""
+    from lmaas.gateway.activator.runtime_process import runtime_records
+
+    records = runtime_records(run_dir)
+    if not records:
+        return False, "starting the runtime", None
+    return _runtime_phase(records[-1].url)
+
+
+def _runtime_line(idle_timeout_s: float, prewarm: bool) -> str:
+    """What the runtime does between requests, as the banner says it."""
+    first = "" if prewarm else "the model runtime starts on the first request; "
+    if idle_timeout_s <= 0:
+        return f"{first}the model runtime keeps running (LMAAS_IDLE_TIMEOUT_S=0)"
+    minutes = idle_timeout_s / 60
+    after = f"{minutes:g} min" if minutes >= 1 else f"{idle_timeout_s:g}s"
+    return (
+        f"{first}the model runtime stops after {after} without requests and starts again "
+        "on the next one (a cold start of a few seconds; LMAAS_IDLE_TIMEOUT_S=0 keeps it "
+        "running)"
+    )
+
+
+def _print_banner(url: str, model: str, token: str | None, home: Path, runtime_line: str) -> None:
     cmd = lmaas_command()
     token_line = (
         f"admin token (shown once; kept in {home / 'admin-token'}):\n  [bold]{token}[/]"
@@ -203,6 +235,7 @@ def _print_banner(url: str, model: str, token: str | None, home: Path) -> None:
     console.print(
         Panel(
             f"lmaas serves [bold]{model}[/] at [bold cyan]{url}[/]\n{token_line}\n"
+            f"{runtime_line}\n"
             f"logs: {home / 'logs'}    stop: Ctrl-C",
             title="lmaas is up",
             expand=False,
@@ -237,14 +270,11 @@ def run_embedded(*, port: int | None, show_logs: bool, grace_s: float) -> int:
         model_path = settings.resolved_base_model
     except RuntimeError as exc:
         fail(str(exc))
-    for what, host, p, var in (
-        ("gateway", settings.host, settings.port, "--port / LMAAS_PORT"),
-        ("runtime", settings.runtime_host, settings.runtime_port, "LMAAS_RUNTIME_PORT"),
-    ):
-        if not _port_free(host, p):
-            fail(
-                f"port {p} ({what}) is already in use on {host}", hint=f"choose another with {var}"
-            )
+    if not _port_free(settings.host, settings.port):
+        fail(
+            f"port {settings.port} (gateway) is already in use on {settings.host}",
+            hint="choose another with --port / LMAAS_PORT",
+        )
 
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
@@ -253,10 +283,15 @@ def run_embedded(*, port: int | None, show_logs: bool, grace_s: float) -> int:
     had_token = settings.admin_token is not None or (home / "admin-token").is_file()
     token = settings.resolved_admin_token()
 
-    env = dict(os.environ, LMAAS_HOME=str(home), LMAAS_PORT=str(settings.port))
+    env = dict(
+        os.environ,
+        LMAAS_HOME=str(home),
+        LMAAS_PORT=str(settings.port),
+        LMAAS_SCALE_BACKEND="embedded",
+    )
     python = [sys.executable, "-m", "lmaas"]
     supervisor = Supervisor(
-        [Child(role, [*python, role]) for role in ("runtime", "gateway", "worker")],
+        [Child(role, [*python, role]) for role in ("gateway", "worker")],
         env=env,
         log_dir=None if show_logs else home / "logs",
         run_dir=home / "run",
@@ -265,23 +300,34 @@ def run_embedded(*, port: int | None, show_logs: bool, grace_s: float) -> int:
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     gateway_url = f"http://{settings.host}:{settings.port}"
-    runtime_url = f"http://127.0.0.1:{settings.runtime_port}"
     try:
         supervisor.start_all()
         with console.status(f"starting lmaas with {model_path.name}…") as status:
             while not stop.event.is_set():
                 _report_deaths(supervisor)
-                ready, phase, error = _runtime_phase(runtime_url)
-                if error:
-                    err_console.print(f"[bold red]the model could not be loaded:[/] {error}")
-                    return 1
-                status.update(f"runtime: {phase}…")
-                if ready and _gateway_up(gateway_url):
+                # The gateway stops runtimes a crashed predecessor left before it answers.
+                if not _gateway_up(gateway_url):
+                    status.update("gateway: starting…")
+                elif not settings.runtime_prewarm:
                     break
+                else:
+                    ready, phase, error = _runtime_status(home / "run")
+                    if error:
+                        err_console.print(f"[bold red]the model could not be loaded:[/] {error}")
+                        return 1
+                    status.update(f"runtime: {phase}…")
+                    if ready:
+                        break
                 stop.event.wait(0.3)
         if stop.event.is_set():
             return 0
-        _print_banner(gateway_url, settings.model_name, None if had_token else token, home)
+        _print_banner(
+            gateway_url,
+            settings.model_name,
+            None if had_token else token,
+            home,
+            _runtime_line(settings.idle_timeout_s, settings.runtime_prewarm),
+        )
         while not stop.event.wait(0.5):
             _report_deaths(supervisor)
         return 0

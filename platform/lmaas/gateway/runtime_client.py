@@ -12,13 +12,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 
 from lmaas.gateway.errors import ApiError, BadGateway, NotFound, ServiceUnavailable
 from lmaas.protocol import AdapterState, ErrorBody, GenerateEvent, GenerateRequest, RuntimeInfo
 
-__all__ = ["GenerationStream", "ReplicaUnreachable", "RuntimeClient"]
+__all__ = ["GenerationStream", "Readiness", "ReplicaUnreachable", "RuntimeClient"]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What a runtime's ``/readyz`` says: ready, its phase, and why it failed (if it did)."""
+
+    ready: bool
+    phase: str = "unreachable"
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.phase == "failed"
 
 
 class ReplicaUnreachable(Exception):
@@ -74,7 +88,11 @@ class RuntimeClient:
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            # Idle connections expire before the runtime's server drops them (uvicorn: 5 s),
+            # so a request is never written into a connection the server is closing.
+            limits=httpx.Limits(
+                max_connections=1000, max_keepalive_connections=100, keepalive_expiry=2.0
+            ),
         )
 
     async def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
@@ -121,6 +139,25 @@ class RuntimeClient:
         except (ReplicaUnreachable, ApiError):
             return False
         return response.status_code == 200
+
+    async def readiness(self, base_url: str) -> Readiness:
+        """The runtime's ``/readyz`` (phase ``unreachable`` when it cannot be asked)."""
+        try:
+            response = await self._send(self._http.build_request("GET", f"{base_url}/readyz"))
+        except (ReplicaUnreachable, ApiError):
+            return Readiness(ready=False)
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        error = body.get("error")
+        return Readiness(
+            ready=response.status_code == 200,
+            phase=str(body.get("phase") or ("ready" if response.status_code == 200 else "?")),
+            error=str(error) if error else None,
+        )
 
     async def adapters(self, base_url: str) -> list[AdapterState]:
         response = await self._json("GET", f"{base_url}/internal/adapters")

@@ -90,9 +90,17 @@ async def build_state(
     db = await asyncio.to_thread(Database, settings.resolved_database_url)
     await asyncio.to_thread(_register_base_model, db, settings)
     client = RuntimeClient(transport=runtime_transport, timeout_s=settings.request_timeout_s)
-    source = replica_source or StaticReplicaSource(
-        settings.resolved_runtime_urls, client, wait_s=settings.replica_wait_s
-    )
+    source: ReplicaSource
+    if replica_source is not None:
+        source = replica_source
+    elif settings.scale_backend == "static":
+        source = StaticReplicaSource(
+            settings.resolved_runtime_urls, client, wait_s=settings.replica_wait_s
+        )
+    else:
+        from lmaas.gateway.activator import build_activator
+
+        source = await build_activator(settings, client, metrics.registry)
     limiter: RateLimiter = (
         RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix)
         if settings.redis_url

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from lmaas.gateway.deps import StateDep, TenantRepo
-from lmaas.gateway.errors import BadGateway
+from lmaas.gateway.errors import ApiError, BadGateway
 from lmaas.gateway.generation import Generation, new_request_id, resolve_target
 from lmaas.gateway.schemas.completions import (
     ChatChoice,
@@ -98,18 +98,25 @@ async def _stream(
     try:
         if (opening := chunk(None, None, True)) is not None:
             yield _sse(with_usage(opening))
-        async for event in generation.events():
-            if event.error is not None:
-                yield _sse({"error": event.error.model_dump()})
-                break
-            if event.text:
-                yield _sse(with_usage(chunk(event.text, None, False)))
-            if event.finish_reason is not None:
-                yield _sse(with_usage(chunk(None, event.finish_reason, False)))
-        else:
-            if generation.finish_reason is None:
-                yield _sse(BadGateway("the model runtime ended the stream early").body())
-        if include_usage and generation.error is None:
+        failed = False
+        try:
+            async for event in generation.events():
+                if event.error is not None:
+                    yield _sse({"error": event.error.model_dump()})
+                    break
+                if event.text:
+                    yield _sse(with_usage(chunk(event.text, None, False)))
+                if event.finish_reason is not None:
+                    yield _sse(with_usage(chunk(None, event.finish_reason, False)))
+            else:
+                if generation.finish_reason is None:
+                    yield _sse(BadGateway("the model runtime ended the stream early").body())
+        except ApiError as exc:
+            # The replica failed mid-stream (it died, say): part of the answer is out, so it
+            # is not retried elsewhere; the client learns why the stream ends here.
+            failed = True
+            yield _sse(exc.body())
+        if include_usage and generation.error is None and not failed:
             yield _sse(usage_chunk())
         yield _sse("[DONE]")
     finally:

@@ -1,0 +1,69 @@
+"""Scale from zero: the gateway's activator and its backends.
+
+`Activator` is the gateway's `ReplicaSource` when ``LMAAS_SCALE_BACKEND`` is `embedded`
+(runtime processes on this machine, `lmaas up`) or `kubernetes` (ModelService
+Deployments); `build_activator` makes the one the settings ask for.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from lmaas.config import Settings
+from lmaas.gateway.activator.activator import ActivationFailed, Activator
+from lmaas.gateway.activator.activity import ActivityLedger, LocalActivity, RedisActivity
+from lmaas.gateway.activator.backend import BackendError, ScaleBackend, ServiceInfo
+from lmaas.gateway.activator.metrics import ActivatorMetrics
+from lmaas.gateway.runtime_client import RuntimeClient
+
+__all__ = [
+    "ActivationFailed",
+    "Activator",
+    "ActivatorMetrics",
+    "BackendError",
+    "ScaleBackend",
+    "ServiceInfo",
+    "build_activator",
+]
+
+
+async def build_activator(
+    settings: Settings, client: RuntimeClient, registry: CollectorRegistry
+) -> Activator:
+    """The started activator of ``settings.scale_backend`` (`embedded` or `kubernetes`)."""
+    backend: ScaleBackend
+    prewarm: list[str] = []
+    poll_s = 0.25  # a local process: poll its /readyz often
+    if settings.scale_backend == "embedded":
+        from lmaas.gateway.activator.embedded import EmbeddedBackend
+
+        backend = EmbeddedBackend.from_settings(settings)
+        if settings.runtime_prewarm:
+            prewarm.append(settings.model_name)
+    elif settings.scale_backend == "kubernetes":
+        from lmaas.gateway.activator.kube_api import KubeApi
+        from lmaas.gateway.activator.kubernetes import KubernetesBackend
+
+        backend = KubernetesBackend(
+            KubeApi(settings.kube_api_url),
+            namespace=settings.kube_namespace,
+            default_idle_timeout_s=settings.idle_timeout_s,
+        )
+        poll_s = 1.0  # each poll LISTs Services and EndpointSlices: spare the API server
+    else:
+        raise ValueError(f"no activator for scale backend {settings.scale_backend!r}")
+    activity: ActivityLedger = (
+        RedisActivity(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else LocalActivity()
+    )
+    activator = Activator(
+        backend,
+        client,
+        metrics=ActivatorMetrics(registry),
+        activity=activity,
+        activation_timeout_s=settings.activation_timeout_s,
+        poll_s=poll_s,
+    )
+    await activator.start(prewarm=prewarm)
+    return activator
