@@ -36,6 +36,7 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "Pod": ("pods", True),
     "Deployment": ("deployments", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
+    "EndpointSlice": ("endpointslices", True),
     "Tenant": ("tenants", False),
     "Model": ("models", False),
     "GPUType": ("gputypes", False),

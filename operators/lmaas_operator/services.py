@@ -1,10 +1,11 @@
 """Reconciling a ModelService: plan the GPU mix, then one Deployment per GPU type.
 
 The plan is recomputed only when its inputs change (a hash of their canonical JSON is
-kept in status). Deployments of GPU types the plan dropped are deleted. A serverless
-service's Deployments are created at zero replicas and their `spec.replicas` is left to
-the gateway's activator afterwards; the plan's count is on the `planned-replicas`
-annotation.
+kept in status), or re-planned from live traffic on the resync timer (`replanning`: a
+plan with source ``live`` is kept while the inputs stay the same). Deployments of GPU
+types the plan dropped are deleted. A serverless service's Deployments are created at
+zero replicas and their `spec.replicas` is left to the gateway's activator afterwards; the
+plan's count is on the `planned-replicas` annotation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lmaas_operator.crds import API_VERSION
 from lmaas_operator.deps import Deps
 from lmaas_operator.errors import InvalidSpec, NotReady
 from lmaas_operator.planning import PlanningError, compute_plan, plan_hash
+from lmaas_operator.replanning import LiveResult
 from lmaas_operator.resources import GPUTypeSpec, ModelServiceSpec, ModelSpec, PlanStatus
 from lmaas_operator.tenants import tenant_of_namespace
 
@@ -74,8 +76,12 @@ def reconcile_service(
     spec: ModelServiceSpec,
     owner: dict[str, Any],
     status: dict[str, Any],
+    replan: bool = False,
 ) -> dict[str, Any]:
-    """Bring the service's children to its plan; returns the status fields."""
+    """Bring the service's children to its plan; returns the status fields.
+
+    `replan`: first re-plan a planner-sized service from its live traffic (when due).
+    """
     kube, op = deps.kube, deps.operator
     tenant = tenant_of_namespace(deps, namespace)
     _check_tenant_may_use(deps, tenant, spec.model)
@@ -84,8 +90,27 @@ def reconcile_service(
 
     inputs_hash = plan_hash(spec, model, gpu_types)
     previous = status.get("plan")
-    if previous and status.get("planHash") == inputs_hash:
-        plan = PlanStatus.model_validate(previous)
+    in_force = (
+        PlanStatus.model_validate(previous)
+        if previous and status.get("planHash") == inputs_hash
+        else None
+    )
+    traffic: LiveResult | None = None
+    key = f"{namespace}/{name}"
+    if replan and spec.gpu.mode == "auto" and deps.replans is not None and deps.replans.due(key):
+        traffic = deps.replans.replan(
+            key=key,
+            inputs=inputs_hash,
+            spec=spec,
+            model_name=spec.model,
+            model=model,
+            gpu_types=gpu_types,
+            in_force=in_force,
+        )
+    if traffic is not None and traffic.plan is not None:
+        plan = traffic.plan
+    elif in_force is not None:
+        plan = in_force
     else:
         try:
             plan = compute_plan(spec, spec.model, model, gpu_types)
@@ -157,4 +182,7 @@ def reconcile_service(
         "costPerHour": round(cost, 4),
         "endpoint": sm.service_endpoint(name, namespace, op.runtime_port),
         "serverless": serverless,
+        "observedRate": (
+            status.get("observedRate") if traffic is None else round(traffic.observed_rate, 6)
+        ),
     }

@@ -208,12 +208,41 @@ class Settings(BaseSettings):
         description="`kubernetes`: the namespace whose ModelServices the gateway scales; "
         "default all namespaces.",
     )
+    adapter_rate_period_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="`kubernetes`: how often the gateway writes each Adapter's request rate "
+        "(annotation `lmaas.io/request-rate`, from which the operator sizes its placement) and "
+        "re-reads where Adapters are loaded (routing prefers those pods).",
+    )
+    speculation: str = Field(
+        default="off",
+        description="Speculative decoding policy of the runtime: `off`, `fixed:k` (always k "
+        "draft tokens) or `smartspec` / `smartspec:k` (goodput-driven, at most k); the operator "
+        "sets it per ModelService.",
+    )
     log_level: str = Field(default="INFO", description="Log level of every process.")
 
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("speculation", mode="after")
+    @classmethod
+    def _speculation_policy(cls, value: str) -> str:
+        policy, sep, k = value.strip().lower().partition(":")
+        ok = policy in ("off", "fixed", "smartspec") and (
+            (policy == "off" and not sep)
+            or (policy == "smartspec" and not sep)
+            or (sep and k.isdigit() and 1 <= int(k) <= 16 and policy != "off")
+        )
+        if not ok:
+            raise ValueError(
+                f"LMAAS_SPECULATION={value!r}: use `off`, `fixed:k` or `smartspec[:k]` "
+                "with k from 1 to 16"
+            )
+        return value.strip().lower()
 
     # Derived locations -------------------------------------------------------------
 
