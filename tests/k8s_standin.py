@@ -126,6 +126,8 @@ def _verb(request: rendering.Request) -> str:
     if method == "DELETE" and not request.name:
         return "deletecollection"
     return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+
+
 _DEPLOYMENTS = kmock.resource("apps/v1/deployments")
 _VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 

@@ -18,13 +18,13 @@ import httpx
 from lmaas import __version__
 
 __all__ = [
+    "USER_AGENT",
     "AlreadyExists",
     "Conflict",
     "KubeClient",
     "KubeError",
     "KubeUnavailable",
     "NotFound",
-    "USER_AGENT",
     "is_subset",
 ]
 

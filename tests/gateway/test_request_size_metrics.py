@@ -59,9 +59,7 @@ def test_each_finished_request_is_recorded_once_with_its_exact_sizes(api: Api) -
         }
         if stream:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
-            with api.client.stream(
-                "POST", "/v1/chat/completions", headers=headers, json=body
-            ) as r:
+            with api.client.stream("POST", "/v1/chat/completions", headers=headers, json=body) as r:
                 lines = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
             usages.append(lines[-1]["usage"])
         else:
