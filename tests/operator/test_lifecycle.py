@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import gc
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,26 +87,6 @@ def cr(kind: str, name: str, spec: dict[str, Any], namespace: str | None = None,
     if namespace:
         metadata["namespace"] = namespace
     return {"apiVersion": A, "kind": kind, "metadata": metadata, "spec": spec}
-
-
-@pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch, standin: KubeStandIn, database_url: str, tmp_path: Path
-) -> dict[str, str]:
-    queue = f"lmaas-test-finetune-{uuid.uuid4().hex[:8]}"
-    values = {
-        "KUBECONFIG": str(standin.kubeconfig),
-        "LMAAS_DATABASE_URL": database_url,
-        "LMAAS_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-        "LMAAS_OPERATOR_WATCH_TIMEOUT_S": "5",
-        "LMAAS_OPERATOR_RESYNC_INTERVAL_S": "1",
-        "LMAAS_OPERATOR_FINETUNE_POLL_S": "0.5",
-        "LMAAS_TASK_QUEUE": queue,
-        "LMAAS_OPERATOR_PLATFORM_NAMESPACE": "lmaas-system",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
 
 
 @pytest.fixture

@@ -69,7 +69,10 @@ def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -
                 settings=platform,
                 operator=op,
                 runtime=RuntimeAdapterClient(timeout=op.runtime_timeout_s),
-                replans=ReplanRegistry(LiveTraffic(kube, op), op),
+                replans=ReplanRegistry(
+                    LiveTraffic(kube, op, min_interval_s=min(5.0, op.replan_interval_s / 2)),
+                    op,
+                ),
             )
         )
 

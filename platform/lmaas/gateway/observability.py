@@ -90,6 +90,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         # What the GPU planner reads (names fixed by lmaas.placement.metrics).
+        self._sized: set[tuple[str, str]] = set()
         self.request_prompt_tokens = Histogram(
             "lmaas_request_prompt_tokens",
             "prompt tokens of finished requests, by base model and service",
@@ -116,6 +117,14 @@ class GatewayMetrics:
     ) -> None:
         """Record one finished request's exact sizes (once per request)."""
         where = service or ""
+        if (model, where) not in self._sized:
+            # Every cell of the joint histogram exists from the first request on, so a
+            # reader sees the whole grid (its edges), not only the cells that had requests.
+            self._sized.add((model, where))
+            edges = [floatToGoString(e) for e in SIZE_EDGES]
+            for prompt_le in edges:
+                for completion_le in edges:
+                    self.request_size.labels(model, where, prompt_le, completion_le)
         self.request_prompt_tokens.labels(model, where).observe(prompt_tokens)
         self.request_completion_tokens.labels(model, where).observe(completion_tokens)
         self.request_size.labels(

@@ -8,9 +8,9 @@ Two small pieces behind two seams:
   same protocol for services scaled to zero, and on Kubernetes prefers the tenant's own
   ModelService over a shared one, never another tenant's.
 - `pick_replica` chooses among them (pure, unit-tested): a replica the adapter was placed
-  on (the Adapter's ``status.loadedOn``), else one that already holds it, unless it is
-  busier than the least loaded one by more than `affinity_slack` requests; otherwise the
-  least loaded.
+  on (the Adapter's ``status.loadedOn``), else one that already holds it — in each case
+  unless it is busier than the least loaded one by more than `affinity_slack` requests —
+  otherwise the least loaded.
 
 `Router.acquire` combines them, counts the requests of each adapter (the gateway reports
 their rate to the operator, which places adapters by it) and returns a `Lease` that counts
@@ -108,13 +108,13 @@ def pick_replica(
     least = min(replicas, key=load)
     if adapter_id is None:
         return least
-    holders = [r for r in replicas if adapter_id in r.placed_adapters] or [
-        r for r in replicas if adapter_id in r.adapter_ids
-    ]
-    if holders:
-        best = min(holders, key=load)
-        if best.in_flight <= least.in_flight + affinity_slack:
-            return best
+    placed = [r for r in replicas if adapter_id in r.placed_adapters]
+    holders = [r for r in replicas if adapter_id in r.adapter_ids]
+    for tier in (placed, holders):
+        if tier:
+            best = min(tier, key=load)
+            if best.in_flight <= least.in_flight + affinity_slack:
+                return best
     return least
 
 
