@@ -82,7 +82,7 @@ class LiveTraffic:
     ) -> None:
         self.kube = kube
         self.settings = settings
-        self.http = http or httpx.Client(timeout=10.0)
+        self.http = http or httpx.Client(timeout=5.0)
         self.min_interval_s = min_interval_s
         self._latest: Snapshot | None = None
         self._lock = threading.Lock()

@@ -30,10 +30,6 @@ class OperatorSettings(BaseSettings):
         default="lmaas-system",
         description="Namespace of the gateway; tenant NetworkPolicies allow traffic to and from it.",
     )
-    gateway_selector: str = Field(
-        default="app.kubernetes.io/component=gateway",
-        description="Label selector (k=v,…) of the gateway pods, for the NetworkPolicies.",
-    )
     runtime_env: dict[str, str] = Field(
         default_factory=dict,
         description="Extra environment of every runtime pod, as JSON (e.g. LMAAS_ARTIFACT_URL "
@@ -62,7 +58,8 @@ class OperatorSettings(BaseSettings):
         default=60.0,
         ge=0,
         description="How often a ModelService planned by the planner (gpu.mode auto) is "
-        "re-planned from the traffic the gateways saw since the last time; 0 = never.",
+        "re-planned from the traffic the gateways saw since the last time (on the resync timer: "
+        "at most once per resync interval); 0 = never.",
     )
     replan_headroom: float = Field(
         default=0.15,
@@ -83,7 +80,7 @@ class OperatorSettings(BaseSettings):
     gateway_metrics_url: str | None = Field(
         default=None,
         description="Comma-separated /metrics URLs of the gateways to read the live traffic "
-        "from instead of the pods of `gateway_service`.",
+        "from, instead of the pods of `LMAAS_OPERATOR_GATEWAY_SERVICE`.",
     )
 
 
