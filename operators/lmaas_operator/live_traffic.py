@@ -8,8 +8,9 @@ its EndpointSlices in the platform namespace, or the URLs of
 scrape per pod. The workload of a service between two snapshots is the sum over the pods
 present in both, each pod's own difference: a pod that came or went, or restarted (its
 counters went back), is left out of that window instead of being read as a burst or a
-drop. No gateway answering gives no workload at all (unknown traffic is never read as no
-traffic).
+drop. No gateway answering, or none exporting the request sizes (another version), gives
+no workload at all: unknown traffic is never read as no traffic. The gateways must run the
+Kubernetes scale backend, which labels each request with its service.
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ class LiveTraffic:
             return None
         olds, news = [], []
         for name in sorted(set(before.texts) & set(after.texts)):
+            if f"# TYPE {JOINT} " not in after.texts[name]:
+                continue  # not a gateway that exports request sizes: it tells nothing
             try:
                 old = parse_scrape(before.texts[name], labels)
                 new = parse_scrape(after.texts[name], labels)

@@ -183,6 +183,6 @@ def reconcile_service(
         "endpoint": sm.service_endpoint(name, namespace, op.runtime_port),
         "serverless": serverless,
         "observedRate": (
-            status.get("observedRate") if traffic is None else round(traffic.observed_rate, 6)
+            status.get("observedRate") if traffic is None else float(f"{traffic.observed_rate:.3g}")
         ),
     }

@@ -79,6 +79,8 @@ def test_the_workload_is_each_gateways_own_difference_summed() -> None:
     assert workload is not None and workload.rate == 0.0
     assert LiveTraffic.workload(after, after, {"service": "ns/chat"}) is None, "no window"
     assert LiveTraffic.workload(before, Snapshot(5.0, {"c": ""}), {}) is None, "nobody in both"
+    silent = Snapshot(30.0, {"a": "# an older gateway: no request sizes\nup 1\n"})
+    assert LiveTraffic.workload(Snapshot(0.0, silent.texts), silent, {}) is None, "unknown"
 
 
 def test_the_gateways_are_the_ready_pods_behind_the_gateway_service(standin: KubeStandIn) -> None:
