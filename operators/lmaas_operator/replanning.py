@@ -111,7 +111,7 @@ class ReplanRegistry:
         model_name: str,
         model: ModelSpec,
         gpu_types: dict[str, GPUTypeSpec],
-        in_force: PlanStatus | None,
+        in_force: PlanStatus,
     ) -> _Entry:
         now = time.monotonic()
         with self._lock:
@@ -133,8 +133,7 @@ class ReplanRegistry:
             down_after_s=self.settings.replan_down_after_s,
             zero_after_s=float(spec.scaling.idle_timeout_seconds),
         )
-        if in_force is not None:
-            replanner.current = seed_plan(in_force, spec)
+        replanner.current = seed_plan(in_force, spec)
         fresh = _Entry(inputs=inputs, replanner=replanner, candidates=candidates, used_at=now)
         with self._lock:
             self._entries[key] = fresh
@@ -157,12 +156,12 @@ class ReplanRegistry:
         model_name: str,
         model: ModelSpec,
         gpu_types: dict[str, GPUTypeSpec],
-        in_force: PlanStatus | None,
+        in_force: PlanStatus,
     ) -> LiveResult | None:
         """One pass for service `key`; None when the traffic is not known yet.
 
         `inputs` is the hash of the planning inputs (`plan_hash`) and `in_force` the plan
-        the service runs when it was made from those inputs.
+        the service runs (a new Replanner starts from it).
         """
         try:
             entry = self._entry(key, inputs, spec, model_name, model, gpu_types, in_force)

@@ -90,11 +90,13 @@ def reconcile_service(
 
     inputs_hash = plan_hash(spec, model, gpu_types)
     previous = status.get("plan")
-    in_force = (
-        PlanStatus.model_validate(previous)
-        if previous and status.get("planHash") == inputs_hash
-        else None
-    )
+    if previous and status.get("planHash") == inputs_hash:
+        plan = PlanStatus.model_validate(previous)  # for the spec, or live (re-planned)
+    else:
+        try:
+            plan = compute_plan(spec, spec.model, model, gpu_types)
+        except PlanningError as exc:
+            raise InvalidSpec(str(exc), reason="NoPlan") from exc
     traffic: LiveResult | None = None
     key = f"{namespace}/{name}"
     if replan and spec.gpu.mode == "auto" and deps.replans is not None and deps.replans.due(key):
@@ -105,17 +107,10 @@ def reconcile_service(
             model_name=spec.model,
             model=model,
             gpu_types=gpu_types,
-            in_force=in_force,
+            in_force=plan,
         )
-    if traffic is not None and traffic.plan is not None:
-        plan = traffic.plan
-    elif in_force is not None:
-        plan = in_force
-    else:
-        try:
-            plan = compute_plan(spec, spec.model, model, gpu_types)
-        except PlanningError as exc:
-            raise InvalidSpec(str(exc), reason="NoPlan") from exc
+        if traffic is not None and traffic.plan is not None:
+            plan = traffic.plan
 
     groups = sm.replica_groups(plan.counts, plan.spot_counts)
     missing = sorted({g.gpu_type for g in groups} - set(gpu_types))

@@ -21,6 +21,8 @@ from lmaas.gateway.observability import GatewayMetrics
 from lmaas_operator.crds import API_VERSION as A
 from lmaas_operator.kube import KubeClient
 from lmaas_operator.live_traffic import LiveTraffic, Snapshot
+from lmaas_operator.replanning import ReplanRegistry
+from lmaas_operator.resources import GPUTypeSpec, ModelServiceSpec, ModelSpec, PlanStatus
 from lmaas_operator.settings import OperatorSettings
 from tests.k8s_standin import KubeStandIn
 from tests.operator.test_lifecycle import GPU_A100, GPU_L4, cr, operator, ready, wait_for
@@ -112,6 +114,66 @@ def test_the_gateways_are_the_ready_pods_behind_the_gateway_service(standin: Kub
     finally:
         traffic.close()
         kube.close()
+
+
+# The registry of Replanners ----------------------------------------------------------
+
+
+class _Scripted(LiveTraffic):
+    """Gateways whose snapshots are given in advance (None = no gateway answered)."""
+
+    def __init__(self, snapshots: list[Snapshot | None]) -> None:
+        self.snapshots = snapshots
+
+    def snapshot(self) -> Snapshot | None:
+        return self.snapshots.pop(0)
+
+
+def _replan(registry: ReplanRegistry, in_force: PlanStatus, inputs: str = "h1") -> Any:
+    spec = ModelServiceSpec.model_validate(
+        {"model": "llama", "slo": {"targetMs": 120}, "scaling": {"minReplicas": 1}}
+    )
+    gpus = {
+        "a100": GPUTypeSpec.model_validate(GPU_A100),
+        "l4": GPUTypeSpec.model_validate(GPU_L4),
+    }
+    return registry.replan(
+        key="ns/chat",
+        inputs=inputs,
+        spec=spec,
+        model_name="llama",
+        model=ModelSpec.model_validate(LLAMA_7B),
+        gpu_types=gpus,
+        in_force=in_force,
+    )
+
+
+def test_a_restarted_operator_continues_from_the_plan_in_force() -> None:
+    gateway = GatewayMetrics()
+    quiet = _text(gateway)
+    _requests(gateway, "ns/chat", 1000)  # 100 req/s over the next 10 s
+    busy = _text(gateway)
+    settings = OperatorSettings(replan_interval_s=1, replan_down_after_s=0)
+    # The plan in force was made live for 120 req/s, before the operator restarted.
+    in_force = PlanStatus(counts={"l4": 3}, cost_per_hour=2.1, source="live", rate=120.0)
+    registry = ReplanRegistry(
+        _Scripted([None, Snapshot(0.0, {"g": quiet}), Snapshot(10.0, {"g": busy})]), settings
+    )
+    assert _replan(registry, in_force) is None, "no gateway answered: unknown, nothing done"
+    assert _replan(registry, in_force) is None, "one snapshot: no window yet"
+    result = _replan(registry, in_force)
+    assert result.observed_rate == pytest.approx(100.0)
+    assert result.plan is None, "the traffic it was planned for: the plan stays"
+
+    # A plan in force made for far less traffic is replaced at once, for the traffic seen
+    # plus the headroom.
+    fresh = ReplanRegistry(
+        _Scripted([Snapshot(0.0, {"g": quiet}), Snapshot(10.0, {"g": busy})]), settings
+    )
+    _replan(fresh, PlanStatus(counts={"l4": 1}, cost_per_hour=0.7, rate=1.0))
+    grown = _replan(fresh, PlanStatus(counts={"l4": 1}, cost_per_hour=0.7, rate=1.0))
+    assert grown.plan is not None and grown.plan.source == "live"
+    assert grown.plan.counts == {"l4": 3} and grown.plan.rate == pytest.approx(115.0)
 
 
 # The operator ----------------------------------------------------------------------

@@ -14,8 +14,8 @@ its own service first, else a shared one, never another tenant's); lookups are c
 A background loop refreshes the replicas of warm services, keeps a running service at its
 plan (`ScaleBackend.follow_plan`: the operator may re-plan a live service; for a serverless
 one the activator alone writes the replica counts, the operator only the plan), and scales
-a service to zero once it has been idle — nothing held, nothing in flight on its replicas, no scaling under
-way — for its idle timeout. A scale-down first withdraws the replicas from routing, so a
+a service to zero once it has been idle — nothing held, nothing in flight on its
+replicas, no scaling under way — for its idle timeout. A scale-down first withdraws the replicas from routing, so a
 request arriving meanwhile waits for the next scale-up instead of reaching a stopping
 replica.
 
