@@ -9,6 +9,7 @@ recording which address it was sent to — so where a request went is observable
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -313,12 +314,25 @@ def test_adapter_requests_prefer_its_pods_and_its_rate_reaches_the_adapter(
         # Base-model requests are not bound to the adapter's pods.
         assert gw.sent_to(lambda: gw.chat(acme)) in ("10.0.2.1", "10.0.2.2")
 
-        # The gateway reports the adapter's request rate to the operator (its annotation).
+        # The gateway reports the adapter's request rate to the operator (its annotation),
+        # every 0.3 s here: above zero while requests come, back to 0 once they stop.
         def rate() -> float:
             annotations = gw.cluster.get(f"{ADAPTERS}/bot")["metadata"].get("annotations") or {}
             return float(annotations.get(kn.ANNOTATION_REQUEST_RATE, "-1"))
 
-        wait_until("a request rate on the Adapter", lambda: rate() > 0)
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                assert gw.chat(acme, "bot").status_code == 200
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            wait_until("a request rate on the Adapter", lambda: rate() > 0)
+        finally:
+            stop.set()
+            sender.join(timeout=120)
         wait_until("the rate back to 0 without requests", lambda: rate() == 0)
 
     # Everything the gateway called is in its RBAC table (= the chart's role), and this

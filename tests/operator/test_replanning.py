@@ -37,6 +37,7 @@ pytestmark = [
 ]
 
 NS = "tenant-acme"
+DOWN_AFTER_S = 3.0
 LLAMA_7B = {
     "source": "/models/llama-2-7b",
     "numParams": 6_740_000_000,
@@ -180,17 +181,21 @@ def test_a_restarted_operator_continues_from_the_plan_in_force() -> None:
 
 
 class FakeGateways:
-    """The gateways' /metrics: a real `GatewayMetrics`, fed `rate` requests/s per service."""
+    """The gateways' /metrics: a real `GatewayMetrics`; each scrape first records `rate`
+    requests/s per service for the time since the previous scrape (exact rates, whatever
+    the machine's timing)."""
 
     def __init__(self) -> None:
         self.metrics = GatewayMetrics()
         self.rates: dict[str, float] = {}
-        self._stop = threading.Event()
+        self._owed: dict[str, float] = {}
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = _text(outer.metrics).encode()
+                body = outer.scrape().encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.end_headers()
@@ -200,31 +205,36 @@ class FakeGateways:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.threads = [
-            threading.Thread(target=self.server.serve_forever, daemon=True),
-            threading.Thread(target=self._feed, daemon=True),
-        ]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
 
-    def _feed(self) -> None:
-        owed: dict[str, float] = {}
-        while not self._stop.wait(0.05):
-            for service, rate in list(self.rates.items()):
-                owed[service] = owed.get(service, 0.0) + rate * 0.05
-                n = int(owed[service])
-                owed[service] -= n
-                _requests(self.metrics, service, n)
+    def set_rates(self, rates: dict[str, float]) -> None:
+        with self._lock:
+            self._account()
+            self.rates = rates
+
+    def _account(self) -> None:
+        now = time.monotonic()
+        for service, rate in self.rates.items():
+            self._owed[service] = self._owed.get(service, 0.0) + rate * (now - self._last)
+            n = int(self._owed[service])
+            self._owed[service] -= n
+            _requests(self.metrics, service, n)
+        self._last = now
+
+    def scrape(self) -> str:
+        with self._lock:
+            self._account()
+            return _text(self.metrics)
 
     def __enter__(self) -> FakeGateways:
-        for thread in self.threads:
-            thread.start()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -234,7 +244,7 @@ def gateways(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Iterator[F
     with FakeGateways() as fake:
         monkeypatch.setenv("LMAAS_OPERATOR_GATEWAY_METRICS_URL", fake.url)
         monkeypatch.setenv("LMAAS_OPERATOR_REPLAN_INTERVAL_S", "1")
-        monkeypatch.setenv("LMAAS_OPERATOR_REPLAN_DOWN_AFTER_S", "2")
+        monkeypatch.setenv("LMAAS_OPERATOR_REPLAN_DOWN_AFTER_S", str(DOWN_AFTER_S))
         yield fake
 
 
@@ -275,7 +285,7 @@ def test_services_follow_live_traffic_up_at_once_down_after_it_lasted(
             assert status(name)["plan"]["counts"] == {"l4": 1}, "1 req/s: one L4"
 
         # 100 req/s reach each service: re-planned at once, for the rate plus headroom.
-        gateways.rates = {f"{NS}/steady": 100.0, f"{NS}/burst": 100.0}
+        gateways.set_rates({f"{NS}/steady": 100.0, f"{NS}/burst": 100.0})
         high = wait_for(
             "a live plan for the traffic",
             lambda: (
@@ -306,20 +316,21 @@ def test_services_follow_live_traffic_up_at_once_down_after_it_lasted(
         )
         assert deployment("burst")["spec"]["replicas"] == 0
 
-        # A wobble inside the headroom changes nothing.
-        gateways.rates = {f"{NS}/steady": 95.0, f"{NS}/burst": 0.0}
-        time.sleep(2.5)
-        assert status("steady")["plan"]["counts"]["l4"] == count
+        # Traffic wobbling inside the headroom changes nothing.
+        for rate in (105.0, 95.0, 105.0, 95.0):
+            gateways.set_rates({f"{NS}/steady": rate})
+            time.sleep(1.0)
+            assert status("steady")["plan"]["counts"]["l4"] == count
 
-        # Far less traffic: the plan shrinks, but only once that has lasted 2 s.
-        gateways.rates = {f"{NS}/steady": 10.0}
+        # Far less traffic: the plan shrinks, but only once that has lasted a while.
+        gateways.set_rates({f"{NS}/steady": 10.0})
         dropped = time.monotonic()
         wait_for(
             "the plan back to one L4",
             lambda: status("steady")["plan"]["counts"] == {"l4": 1},
             timeout=30,
         )
-        assert time.monotonic() - dropped >= 2.0, "no scale-down before it lasted"
+        assert time.monotonic() - dropped >= DOWN_AFTER_S, "no scale-down before it lasted"
         wait_for("steady scaled down", lambda: deployment("steady")["spec"]["replicas"] == 1)
 
         # burst has had no traffic for longer than its idle timeout: its scale-to-zero is
