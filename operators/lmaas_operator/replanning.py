@@ -1,8 +1,9 @@
 """Live re-planning: each planner-sized ModelService follows the traffic it really gets.
 
 The operator keeps one `lmaas.placement.Replanner` per ModelService whose GPU mix the
-planner chooses (gpu.mode auto). Every ``LMAAS_OPERATOR_REPLAN_INTERVAL_S`` it reads the
-workload the gateways routed to the service since the previous time (`LiveTraffic`:
+planner chooses (gpu.mode auto). Every ``LMAAS_OPERATOR_REPLAN_INTERVAL_S`` (on the
+service's resync timer, so at most once per resync interval, and never racing a resync)
+it reads the workload the gateways routed to the service since the previous time (`LiveTraffic`:
 request-size histograms and rate, labelled with the service), calls ``observe``, and when
 that answers a new plan the service is reconciled to it (Deployments, status ``plan`` with
 source ``live``, cost, replicas). The hysteresis is the Replanner's: more traffic than the
@@ -10,7 +11,8 @@ plan carries is followed at once (planned with headroom), less only once a plan 
 10% cheaper has held for ``LMAAS_OPERATOR_REPLAN_DOWN_AFTER_S``, so traffic wobbling inside
 the headroom never changes the plan. A Replanner is made again (and seeded with the plan in
 force) when the service's planning inputs change, or after an operator restart; unknown
-traffic (no gateway answered) never re-plans.
+traffic (no gateway answered) never re-plans. The plan is capped at
+``scaling.maxReplicas`` like a planned one.
 
 Who writes what (the rule that keeps the operator and the gateway's activator from
 fighting over a Deployment's size):
