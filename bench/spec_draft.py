@@ -179,7 +179,7 @@ def main() -> None:
             "bench-tenant",
             "smollm2",
             inference_model=fast,
-            config=DistillConfig(steps=sizes["osd_steps"], lr=2e-4),
+            config=DistillConfig(steps=sizes["osd_steps"], lr=5e-4),
             progress=progress,
         )
         after_draft = load_draft(latest_draft_version(draft_root)[1])  # type: ignore[index]
@@ -207,12 +207,16 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
     off = results["offline"]
-    console.print(
-        f"layers {off['layers']}, vocab {off['vocab_size']}, relative cost {off['relative_cost']:.3f}"
-    )
-    for w in ("chat", "grounded"):
+    for c in off["candidates"]:
         console.print(
-            f"{w}: greedy acceptance {off['before'][w]['greedy']:.3f} → {off['after'][w]['greedy']:.3f} after distillation"
+            f"candidate layers {c['layers']}: acceptance {c['acceptance']:.3f} after "
+            f"{off['selected_after_steps']} steps, relative cost {c['cost']:.3f}, score {c['score']:.3f}"
+        )
+    console.print(f"chosen {off['layers']}, vocabulary {off['vocab_size']}")
+    for w in ("chat", "grounded"):
+        a = off["after"][w]
+        console.print(
+            f"{w}: greedy acceptance {a['greedy']:.3f}, tokens per step {a['tokens_per_step']}"
         )
     console.print(
         f"OSD on code: acceptance {results['osd']['acceptance_before']:.3f} → {results['osd']['acceptance_after']:.3f}"

@@ -172,3 +172,27 @@ def test_an_osd_round_improves_the_served_draft(target, corpus, tmp_path: Path) 
     assert list_osd_files(osd_root, "acme", "tiny") == []  # consumed
     # Nothing recorded for another tenant: nothing to do.
     assert "skipped" in run_osd_round(target, draft_root, osd_root, "zeta", "tiny")
+
+
+def test_the_offline_recipe_picks_distils_and_saves(target, corpus, tmp_path: Path) -> None:
+    from lmaas.finetune.distill import build_default_draft
+    from lmaas.finetune.draft_corpus import Sample
+
+    seqs, positions = corpus
+    samples = [Sample(s, p[0], "chat") for s, p in zip(seqs, positions, strict=True)]
+    report = build_default_draft(
+        target,
+        tokenizer=object(),
+        out_root=str(tmp_path / "drafts"),
+        samples={"train": samples[:18], "chat": samples[18:], "grounded": samples[18:]},
+        candidates=((1, "first"), (2, "first_last")),
+        vocab_size=64,
+        config=DistillConfig(steps=40, bf16=False),
+    )
+    assert [c["layers"] for c in report["candidates"]] == [[0], [0, 3]]
+    assert report["layers"] in ([0], [0, 3])
+    assert report["after"]["chat"]["greedy"] > 0.5
+    assert report["version"] == 1
+    saved = load_draft(report["url"])
+    assert saved.info.source_layers == report["layers"]
+    assert saved.info.draft_vocab_size == 64

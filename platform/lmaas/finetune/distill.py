@@ -33,7 +33,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -75,7 +75,7 @@ Progress = Callable[[int, int, str], None]
 @dataclass
 class DistillConfig:
     steps: int = 200
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     batch_sequences: int = 8
     max_len: int = 512
@@ -347,9 +347,10 @@ def build_default_draft(
     candidates: Sequence[tuple[int, str]] = (
         (2, "first_last"),
         (4, "first_last"),
-        (4, "spread"),
         (6, "first_last"),
     ),
+    select_fraction: float = 0.2,
+    train_on_prompts: bool = True,
     vocab_size: int = 8192,
     config: DistillConfig | None = None,
     base_model: str = "",
@@ -358,42 +359,56 @@ def build_default_draft(
     """The offline recipe (module docstring); returns a report with every measurement.
 
     `samples` as made by `default_draft_samples` (made here when None); `inference_model`
-    a faster copy of `target` (e.g. bfloat16) for generation and teacher signals.
+    a faster copy of `target` (e.g. bfloat16) for generation and teacher signals. Each
+    candidate layer plan is distilled for `select_fraction` of the steps and scored by
+    its predicted speed-up on a validation slice of the training data; the winner goes on
+    for the remaining steps. With `train_on_prompts`, prompt positions are trained on too
+    (free data: no generation needed for them), answers alone are measured.
     """
     say = progress or (lambda done, total, what: None)
+    cfg = config or DistillConfig()
     teacher = inference_model or target
     if samples is None:
         samples = default_draft_samples(teacher, tokenizer, progress=say)
-    seqs, signals = _answer_signals(teacher, samples["train"], say)
+    cut = max(1, len(samples["train"]) // 6)
+    train, valid = samples["train"][cut:], samples["train"][:cut]
+    seqs = [s.token_ids for s in train]
+    first = (lambda s: 1) if train_on_prompts else (lambda s: s.prompt_len)
+    signals = teacher_signals(
+        teacher, seqs, [range(first(s), len(s.token_ids)) for s in train], progress=say
+    )
+    validation = _answer_signals(teacher, valid)
     held = {w: _answer_signals(teacher, samples[w]) for w in ("chat", "grounded")}
     special = list(getattr(tokenizer, "all_special_ids", []))
     vocab = frequent_tokens(seqs, target.config.vocab_size, vocab_size, always=special)
     report: dict = {"vocab_size": len(vocab), "candidates": []}
-    evaluation = seqs[: max(8, len(seqs) // 4)], signals[: max(8, len(seqs) // 4)]
-    best = None
+    select = replace(cfg, steps=max(1, round(select_fraction * cfg.steps)))
+    best: tuple[float, DraftLM] | None = None
     for depth, strategy in candidates:
         layers = layer_plan(target.config.num_hidden_layers, depth, strategy)  # type: ignore[arg-type]
         draft = build_draft(target, layers, vocab, base_model=base_model)
-        acc = measure_acceptance(draft, *evaluation)
+        distill(draft, seqs, signals, select, progress=say)
+        acc = measure_acceptance(draft, *validation)
         cost = _relative_cost(target.config, depth, len(vocab))
         score = _score(acc, cost)
         report["candidates"].append(
             {"layers": layers, "acceptance": acc.greedy, "cost": cost, "score": score}
         )
         if best is None or score > best[0]:
-            best = (score, layers)
+            best = (score, draft)
     if best is None:
         raise ValueError("no draft candidates given")
-    draft = build_draft(target, best[1], vocab, base_model=base_model)
-    report["layers"] = best[1]
-    report["before"] = {w: measure_acceptance(draft, *h).__dict__ for w, h in held.items()}
-    result = distill(draft, seqs, signals, config, progress=say)
+    draft = best[1]
+    report["layers"] = draft.info.source_layers
+    report["selected_after_steps"] = select.steps
+    rest = replace(cfg, steps=max(1, cfg.steps - select.steps), warmup_steps=1, seed=cfg.seed + 1)
+    result = distill(draft, seqs, signals, rest, progress=say)
     report["distill"] = result.__dict__
     report["after"] = {w: measure_acceptance(draft, *h).__dict__ for w, h in held.items()}
     draft.info.acceptance = report["after"]["chat"]["greedy"]
     draft.info.note = "offline: chat + grounded self-generated"
     report["version"], report["url"] = save_draft_version(draft, out_root)
-    report["relative_cost"] = _relative_cost(target.config, len(best[1]), len(vocab))
+    report["relative_cost"] = _relative_cost(target.config, len(report["layers"]), len(vocab))
     return report
 
 

@@ -126,14 +126,17 @@ class AcceptancePriors:
         self.now = 0  # engine steps so far: the clock of every discount
         self._global = DiscountedCounts(decay)
         self._keys: OrderedDict[Hashable, DiscountedCounts] = OrderedDict()
+        self._pooled_memo: dict[Hashable, float] = {}  # valid until the next observe/advance
 
     def advance(self) -> int:
         """One more engine step; returns the new time."""
         self.now += 1
+        self._pooled_memo.clear()
         return self.now
 
     def observe(self, key: Hashable, num_proposed: int, num_accepted: int) -> None:
         """Record one verification of a request of `key` (and of all traffic)."""
+        self._pooled_memo.clear()
         self._global.observe(self.now, num_proposed, num_accepted)
         counts = self._keys.get(key)
         if counts is None:
@@ -146,9 +149,14 @@ class AcceptancePriors:
 
     def pooled(self, key: Hashable) -> float:
         """Acceptance of `key`'s requests over all positions (all traffic if `key` is unseen)."""
+        memo = self._pooled_memo.get(key)
+        if memo is not None:
+            return memo
         parent = self._global.pooled(self.now, self.default_rate, self.default_strength)
         counts = self._keys.get(key)
-        return parent if counts is None else counts.pooled(self.now, parent, self.key_strength)
+        value = parent if counts is None else counts.pooled(self.now, parent, self.key_strength)
+        self._pooled_memo[key] = value
+        return value
 
     def rate(self, key: Hashable, position: int) -> float:
         """Prior acceptance at `position` (0-based) for a request of `key`."""

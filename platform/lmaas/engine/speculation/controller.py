@@ -198,9 +198,10 @@ class SmartSpecController:
         if token_budget is not None:
             ks = _fit_budget(ks, token_budget)
         features = self.features(requests, ks, prefill_tokens)
-        tokens = sum(
-            self._estimators[r.request_id].expected_tokens(k)
+        tokens = float(len(requests)) + sum(
+            self._estimators[r.request_id].expected_tokens(k) - 1.0
             for r, k in zip(requests, ks, strict=True)
+            if k
         )
         return SpecPlan(
             ks=ks,
@@ -243,10 +244,10 @@ class SmartSpecController:
             + c_dtok * fixed_sum
         )
         smart_set = set(smart)
-        base_tokens = float(len(smart)) + sum(
-            self._estimators[r.request_id].expected_tokens(fixed_ks[i])
+        base_tokens = float(len(requests)) + sum(
+            self._estimators[r.request_id].expected_tokens(fixed_ks[i]) - 1.0
             for i, r in enumerate(requests)
-            if i not in smart_set
+            if i not in smart_set and fixed_ks[i]
         )
         room = None if token_budget is None else token_budget - len(requests) - fixed_sum
         increment_cost = c_tok + c_dtok
