@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def main() -> None:
     fast = copy.deepcopy(target).to(torch.bfloat16).eval()  # generation and teacher signals
     cache = settings.home / "bench-cache" / f"spec-draft-{'quick' if q else 'full'}"
     work = settings.home / "bench-spec-draft"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh draft history each run
     draft_root, osd_root = str(work / "drafts"), str(work / "osd")
     results: dict = {"sizes": sizes, "timings_s": {}}
 

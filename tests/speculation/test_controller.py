@@ -162,3 +162,13 @@ def test_controller_ignores_warmup_outliers() -> None:
     result = simulate([SimRequest(0, 0.9, remaining=300)], cost, controller=ctl, max_k=6)
     best = best_fixed_k(0.9, 1, cost, 6)
     assert abs(_late_ks(result).most_common(1)[0][0] - best) <= 1
+
+
+def test_requests_take_policy_strings_and_refuse_bad_ones() -> None:
+    from lmaas.engine.speculation import SpecPolicyError
+
+    ctl = SmartSpecController(max_k=4)
+    assert ctl.plan([SpecRequest("a", 5, "fixed:2"), SpecRequest("b", 5, None)]).ks[0] == 2
+    with pytest.raises(SpecPolicyError, match="fixed:K"):
+        SpecRequest("c", 5, "fixed:two")
+    assert ctl.plan([]).ks == []

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lmaas.engine.speculation.acceptance import AcceptanceEstimator, AcceptancePriors
-from lmaas.engine.speculation.policy import DEFAULT_POLICY, SpecPolicy
+from lmaas.engine.speculation.policy import DEFAULT_POLICY, SpecPolicy, parse_policy
 from lmaas.engine.speculation.step_time import StepFeatures, StepTimeModel
 
 __all__ = ["SmartSpecController", "SpecPlan", "SpecRequest"]
@@ -54,10 +54,14 @@ class SpecRequest:
 
     request_id: Hashable
     context_len: int  # tokens in its KV cache before this step
-    policy: SpecPolicy = DEFAULT_POLICY
+    policy: SpecPolicy | str | None = DEFAULT_POLICY  # a string is parsed (`SpecPolicyError`)
     tenant_id: str = ""
     adapter_id: str | None = None
     max_proposals: int | None = None  # what the proposer has for it (prompt lookup); None = any
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, SpecPolicy):
+            object.__setattr__(self, "policy", parse_policy(self.policy))
 
 
 @dataclass
