@@ -70,7 +70,7 @@ def main() -> None:
         "num_heldout": 8 if q else 16,
         "num_traffic": 16 if q else 48,
         "max_new_tokens": 48 if q else 96,
-        "offline_steps": 30 if q else 150,
+        "offline_steps": 30 if q else 300,
         "osd_steps": 20 if q else 60,
     }
     settings = get_settings()

@@ -155,7 +155,7 @@ def test_sampling_probs_applies_temperature_top_k_top_p() -> None:
         logits,
         temperature=torch.tensor([1.0, 0.0, 1.0, 1.0]),
         top_k=torch.tensor([0, 0, 2, 0]),
-        top_p=torch.tensor([1.0, 1.0, 1.0, 0.8]),
+        top_p=torch.tensor([1.0, 1.0, 1.0, 0.75]),
     )
     assert torch.allclose(probs[0], torch.tensor([0.5, 0.3, 0.15, 0.05]))
     assert probs[1].tolist() == [1.0, 0.0, 0.0, 0.0]

@@ -136,7 +136,11 @@ class DraftModelProposer:
     def propose(self, sequences: Sequence[SpecSequence], ks: Sequence[int]) -> Proposal:
         import torch
 
-        from lmaas.engine.speculation.sampling import sample_from, sampling_probs
+        from lmaas.engine.speculation.sampling import (
+            GREEDY_TEMPERATURE,
+            sample_from,
+            sampling_probs,
+        )
 
         if len(sequences) != len(ks):
             raise ValueError(f"{len(sequences)} sequences but {len(ks)} values of k")
@@ -155,7 +159,7 @@ class DraftModelProposer:
                 torch.tensor([s.top_k for s in seqs]),
                 torch.tensor([s.top_p for s in seqs]),
             )
-            greedy = [s.temperature <= 0 for s in seqs]
+            greedy = [s.temperature <= GREEDY_TEMPERATURE for s in seqs]
             if all(greedy):
                 tokens = logits.argmax(dim=-1).tolist()
             else:

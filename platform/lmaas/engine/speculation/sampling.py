@@ -3,14 +3,18 @@
 Verification is exact only if the target distribution p it uses is the one plain decoding
 would sample from, and the draft distribution q is the one the proposals were drawn from.
 Both come from this function (temperature, then top-k, then top-p, as OpenAI and vLLM
-order them); temperature 0 means greedy: a point mass on the argmax.
+order them, with the engine sampler's conventions: top-k 0 = off, top-p keeps each token
+whose higher-ranked mass is at most p); temperature ≤ 1e-5 means greedy: a point mass on
+the argmax.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_from", "sampling_probs"]
+__all__ = ["GREEDY_TEMPERATURE", "sample_from", "sampling_probs"]
+
+GREEDY_TEMPERATURE = 1e-5  # at or below: greedy (as the engine's sampler decides)
 
 
 def _per_row(
@@ -45,7 +49,7 @@ def sampling_probs(
     temp = _per_row(temperature, shape, device, torch.float32)
     k = _per_row(top_k, shape, device, torch.long)
     p = _per_row(top_p, shape, device, torch.float32)
-    greedy = temp <= 0
+    greedy = temp <= GREEDY_TEMPERATURE
     scaled = flat / torch.where(greedy, torch.ones_like(temp), temp)[:, None]
     if bool((k > 0).any()) or bool((p < 1).any()):
         sorted_logits, order = scaled.sort(dim=-1, descending=True)
@@ -54,7 +58,7 @@ def sampling_probs(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         sorted_probs = sorted_logits.softmax(dim=-1)
         before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass strictly above each token
-        drop = before >= p[:, None]
+        drop = before > p[:, None]
         drop[:, 0] = False  # always keep the most likely token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
