@@ -32,14 +32,12 @@ from lmaas.engine.speculation.osd_buffer import OSDRecorder
 from lmaas.finetune.distill import (
     DistillConfig,
     agreement,
-    build_default_draft,
-    default_draft_samples,
     measure_acceptance,
-    run_osd_round,
     speculation_walk,
 )
 from lmaas.finetune.draft_builder import latest_draft_version, load_draft
 from lmaas.finetune.draft_corpus import Sample, generate_samples, teacher_signals
+from lmaas.finetune.draft_jobs import build_default_draft, default_draft_samples, run_osd_round
 
 console = Console()
 

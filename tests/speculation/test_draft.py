@@ -16,7 +16,6 @@ from lmaas.finetune.distill import (
     distill,
     measure_acceptance,
     osd_positions,
-    run_osd_round,
     speculation_walk,
 )
 from lmaas.finetune.draft_builder import (
@@ -29,6 +28,7 @@ from lmaas.finetune.draft_builder import (
     save_draft_version,
 )
 from lmaas.finetune.draft_corpus import teacher_signals
+from lmaas.finetune.draft_jobs import run_osd_round
 from tests.speculation.reference_loop import plain_decode, speculative_decode, tiny_llama
 
 
@@ -175,8 +175,8 @@ def test_an_osd_round_improves_the_served_draft(target, corpus, tmp_path: Path) 
 
 
 def test_the_offline_recipe_picks_distils_and_saves(target, corpus, tmp_path: Path) -> None:
-    from lmaas.finetune.distill import build_default_draft
     from lmaas.finetune.draft_corpus import Sample
+    from lmaas.finetune.draft_jobs import build_default_draft
 
     seqs, positions = corpus
     samples = [Sample(s, p[0], "chat") for s, p in zip(seqs, positions, strict=True)]

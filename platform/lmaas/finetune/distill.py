@@ -7,8 +7,8 @@ draft's probabilities are over its own (frequency-ranked) vocabulary and a top-K
 draft cannot produce falls in the rest. Only the draft's layers, final norm and output
 head are trained; the input embeddings stay the target's.
 
-- `distill` trains on given samples and positions (the offline recipe uses every answer
-  position of self-generated data);
+- `Distiller` / `distill` train on given samples and positions (the offline recipe uses
+  every position of self-generated data, prompts included);
 - `osd_positions` picks, from recorded traffic (`OSDRecord`), the positions where the
   draft was wrong, plus a `correct_fraction` (default 0.25) of as many positions where it
   was right, drawn uniformly — so that it learns what it missed without forgetting what
@@ -17,14 +17,8 @@ head are trained; the input embeddings stay the target's.
   forced on the target's answers: exactly what greedy speculation verifies) and the mean
   tokens per verification for k proposals.
 
-And the two jobs a worker runs, with progress callbacks:
-
-- `build_default_draft`: the offline recipe — self-generated chat and input-grounded
-  data, a frequency-ranked vocabulary, the layer plan with the best measured
-  acceptance-per-cost, distillation, held-out acceptance, a new saved version;
-- `run_osd_round`: one round of online distillation of a (tenant, model)'s draft on the
-  records its runtimes flushed; the new version is saved only if its acceptance on
-  held-out records did not drop, and the records used are then removed.
+The two jobs a worker runs with these (`build_default_draft`, `run_osd_round`) are in
+`draft_jobs.py`.
 """
 
 from __future__ import annotations
@@ -33,39 +27,23 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from lmaas.engine.speculation.osd_buffer import (
-    OSDRecord,
-    list_osd_files,
-    load_osd_records,
-    remove_osd_files,
-)
-from lmaas.finetune.draft_builder import (
-    DraftLM,
-    build_draft,
-    extend_draft_vocab,
-    frequent_tokens,
-    latest_draft_version,
-    layer_plan,
-    load_draft,
-    save_draft_version,
-)
-from lmaas.finetune.draft_corpus import Sample, TeacherSignals, generate_samples, teacher_signals
+from lmaas.engine.speculation.osd_buffer import OSDRecord
+from lmaas.finetune.draft_builder import DraftLM
+from lmaas.finetune.draft_corpus import TeacherSignals
 
 __all__ = [
     "Acceptance",
     "DistillConfig",
     "DistillResult",
+    "Distiller",
     "agreement",
-    "build_default_draft",
-    "default_draft_samples",
     "distill",
     "measure_acceptance",
     "osd_positions",
-    "run_osd_round",
     "speculation_walk",
 ]
 
@@ -131,6 +109,105 @@ def _kl_loss(
     return loss.mean()
 
 
+class Distiller:
+    """Trains `draft` in place on the teacher's top-K at `signals[i].positions` of
+    `sequences[i]`; `run(n)` takes n more steps of one schedule of `config.steps` steps
+    (warm-up, then cosine down to a tenth), so that training can stop and go on."""
+
+    def __init__(
+        self,
+        draft: DraftLM,
+        sequences: Sequence[Sequence[int]],
+        signals: Sequence[TeacherSignals],
+        config: DistillConfig | None = None,
+    ) -> None:
+        cfg = self.config = config or DistillConfig()
+        if len(sequences) != len(signals):
+            raise ValueError(f"{len(sequences)} sequences but {len(signals)} teacher signals")
+        self.usable = [i for i, s in enumerate(signals) if len(s.positions)]
+        if not self.usable:
+            raise ValueError("nothing to distill: no positions with teacher signals")
+        self.draft, self.sequences, self.signals = draft, sequences, signals
+        model = draft.model
+        model.model.embed_tokens.weight.requires_grad_(False)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        def lr_at(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_at)
+        self.rng = random.Random(cfg.seed)
+        self.order: list[int] = []
+        self.step = 0
+        self.first_loss = self.last_loss = float("nan")
+        self.seconds = 0.0
+
+    def _batch(self) -> list[int]:
+        n = self.config.batch_sequences
+        if len(self.order) < n:
+            more = self.usable[:]
+            self.rng.shuffle(more)
+            self.order += more
+        batch, self.order = self.order[:n], self.order[n:]
+        return batch
+
+    def run(
+        self, num_steps: int | None = None, *, progress: Progress | None = None
+    ) -> DistillResult:
+        """Take `num_steps` steps (default: the rest of the schedule)."""
+        cfg, model = self.config, self.draft.model
+        todo = cfg.steps - self.step if num_steps is None else num_steps
+        device = next(model.parameters()).device
+        started = time.monotonic()
+        model.train()
+        for n in range(todo):
+            batch = self._batch()
+            windows = [
+                _window(self.sequences[i], self.signals[i].positions, cfg.max_len) for i in batch
+            ]
+            width = max(len(w[0]) for w in windows)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            rows, cols, tops, logps = [], [], [], []
+            for r, (i, (toks, pos, start)) in enumerate(zip(batch, windows, strict=True)):
+                ids[r, : len(toks)] = torch.tensor(toks)
+                mask[r, : len(toks)] = 1
+                keep = self.signals[i].positions >= max(start, 1)
+                rows.append(torch.full((len(pos),), r, dtype=torch.long))
+                cols.append(pos - 1)  # logits at p-1 predict token p
+                tops.append(self.signals[i].top_ids[keep])
+                logps.append(self.signals[i].top_logprobs[keep])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                hidden = model.model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device)
+                ).last_hidden_state
+                picked = hidden[torch.cat(rows).to(device), torch.cat(cols).to(device)]
+                logits = model.lm_head(picked)
+            loss = _kl_loss(
+                self.draft, logits, torch.cat(tops).to(device), torch.cat(logps).to(device)
+            )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            value = float(loss.detach())
+            if self.step == 0:
+                self.first_loss = self.last_loss = value
+            else:
+                self.last_loss = 0.9 * self.last_loss + 0.1 * value
+            self.step += 1
+            if progress:
+                progress(n + 1, todo, f"distill loss {self.last_loss:.3f}")
+        model.eval()
+        self.seconds += time.monotonic() - started
+        return DistillResult(self.step, self.first_loss, self.last_loss, self.seconds)
+
+
 def distill(
     draft: DraftLM,
     sequences: Sequence[Sequence[int]],
@@ -139,69 +216,8 @@ def distill(
     *,
     progress: Progress | None = None,
 ) -> DistillResult:
-    """Train `draft` in place on the teacher's top-K at `signals[i].positions` of `sequences[i]`."""
-    cfg = config or DistillConfig()
-    if len(sequences) != len(signals):
-        raise ValueError(f"{len(sequences)} sequences but {len(signals)} teacher signals")
-    usable = [i for i, s in enumerate(signals) if len(s.positions)]
-    if not usable:
-        raise ValueError("nothing to distill: no positions with teacher signals")
-    model = draft.model
-    device = next(model.parameters()).device
-    model.model.embed_tokens.weight.requires_grad_(False)
-    params = [p for n, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress_frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress_frac, 1.0)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
-    first = last = float("nan")
-    started = time.monotonic()
-    model.train()
-    for step in range(cfg.steps):
-        if len(order) < cfg.batch_sequences:
-            more = usable[:]
-            rng.shuffle(more)
-            order += more
-        batch, order = order[: cfg.batch_sequences], order[cfg.batch_sequences :]
-        windows = [_window(sequences[i], signals[i].positions, cfg.max_len) for i in batch]
-        width = max(len(w[0]) for w in windows)
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        rows, cols, tops, logps = [], [], [], []
-        for r, (i, (toks, pos, start)) in enumerate(zip(batch, windows, strict=True)):
-            ids[r, : len(toks)] = torch.tensor(toks)
-            mask[r, : len(toks)] = 1
-            keep = signals[i].positions >= max(start, 1)
-            rows.append(torch.full((len(pos),), r, dtype=torch.long))
-            cols.append(pos - 1)  # logits at p-1 predict token p
-            tops.append(signals[i].top_ids[keep])
-            logps.append(signals[i].top_logprobs[keep])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            hidden = model.model(
-                input_ids=ids.to(device), attention_mask=mask.to(device)
-            ).last_hidden_state
-            picked = hidden[torch.cat(rows).to(device), torch.cat(cols).to(device)]
-            logits = model.lm_head(picked)
-        loss = _kl_loss(draft, logits, torch.cat(tops).to(device), torch.cat(logps).to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        value = float(loss.detach())
-        first = value if step == 0 else first
-        last = value if step == 0 else 0.9 * last + 0.1 * value
-        if progress:
-            progress(step + 1, cfg.steps, f"distill loss {last:.3f}")
-    model.eval()
-    return DistillResult(cfg.steps, first, last, time.monotonic() - started)
+    """Train `draft` in place for `config.steps` steps (see `Distiller`)."""
+    return Distiller(draft, sequences, signals, config).run(progress=progress)
 
 
 @torch.inference_mode()
@@ -278,206 +294,3 @@ def osd_positions(
         n_right = min(len(r.right), round(correct_fraction * len(r.wrong)))
         out.append(sorted(set(r.wrong) | set(rng.sample(r.right, n_right))))
     return out
-
-
-def _relative_cost(target_config: object, depth: int, draft_vocab: int) -> float:
-    """Multiply-adds per token of a draft relative to its target (layers + output head)."""
-    h = target_config.hidden_size  # type: ignore[attr-defined]
-    per_layer = (
-        2 * h * h
-        + 2 * h * (h // target_config.num_attention_heads) * target_config.num_key_value_heads
-    )  # type: ignore[attr-defined]
-    per_layer += 3 * h * target_config.intermediate_size  # type: ignore[attr-defined]
-    target = target_config.num_hidden_layers * per_layer + h * target_config.vocab_size  # type: ignore[attr-defined]
-    return (depth * per_layer + h * draft_vocab) / target
-
-
-def _score(acc: Acceptance, cost: float) -> float:
-    """Best predicted speed-up over k: tokens per step / (1 + k · draft cost)."""
-    return max(t / (1 + k * cost) for k, t in acc.tokens_per_step.items())
-
-
-def default_draft_samples(
-    model: torch.nn.Module,
-    tokenizer: object,
-    *,
-    num_train: int = 96,
-    num_heldout: int = 16,
-    max_new_tokens: int = 96,
-    batch_size: int = 16,
-    progress: Progress | None = None,
-) -> dict[str, list[Sample]]:
-    """The recipe's data: `train` (chat + grounded), held-out `chat` and `grounded`."""
-
-    def gen(workload: str, num: int, split: str) -> list[Sample]:
-        return generate_samples(
-            model,
-            tokenizer,
-            workload,
-            num,
-            split=split,
-            max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            progress=progress,
-        )
-
-    half = num_train // 2
-    return {
-        "train": gen("chat", half, "train") + gen("grounded", num_train - half, "train"),
-        "chat": gen("chat", num_heldout, "heldout"),
-        "grounded": gen("grounded", num_heldout, "heldout"),
-    }
-
-
-def _answer_signals(
-    model: torch.nn.Module, samples: Sequence[Sample], progress: Progress | None = None
-) -> tuple[list[list[int]], list[TeacherSignals]]:
-    seqs = [s.token_ids for s in samples]
-    positions = [range(s.prompt_len, len(s.token_ids)) for s in samples]
-    return seqs, teacher_signals(model, seqs, positions, progress=progress)
-
-
-def build_default_draft(
-    target: torch.nn.Module,
-    tokenizer: object,
-    out_root: str,
-    *,
-    samples: dict[str, list[Sample]] | None = None,
-    inference_model: torch.nn.Module | None = None,
-    candidates: Sequence[tuple[int, str]] = (
-        (2, "first_last"),
-        (4, "first_last"),
-        (6, "first_last"),
-    ),
-    select_fraction: float = 0.2,
-    train_on_prompts: bool = True,
-    vocab_size: int = 8192,
-    config: DistillConfig | None = None,
-    base_model: str = "",
-    progress: Progress | None = None,
-) -> dict:
-    """The offline recipe (module docstring); returns a report with every measurement.
-
-    `samples` as made by `default_draft_samples` (made here when None); `inference_model`
-    a faster copy of `target` (e.g. bfloat16) for generation and teacher signals. Each
-    candidate layer plan is distilled for `select_fraction` of the steps and scored by
-    its predicted speed-up on a validation slice of the training data; the winner goes on
-    for the remaining steps. With `train_on_prompts`, prompt positions are trained on too
-    (free data: no generation needed for them), answers alone are measured.
-    """
-    say = progress or (lambda done, total, what: None)
-    cfg = config or DistillConfig()
-    teacher = inference_model or target
-    if samples is None:
-        samples = default_draft_samples(teacher, tokenizer, progress=say)
-    cut = max(1, len(samples["train"]) // 6)
-    train, valid = samples["train"][cut:], samples["train"][:cut]
-    seqs = [s.token_ids for s in train]
-    first = (lambda s: 1) if train_on_prompts else (lambda s: s.prompt_len)
-    signals = teacher_signals(
-        teacher, seqs, [range(first(s), len(s.token_ids)) for s in train], progress=say
-    )
-    validation = _answer_signals(teacher, valid)
-    held = {w: _answer_signals(teacher, samples[w]) for w in ("chat", "grounded")}
-    special = list(getattr(tokenizer, "all_special_ids", []))
-    vocab = frequent_tokens(seqs, target.config.vocab_size, vocab_size, always=special)
-    report: dict = {"vocab_size": len(vocab), "candidates": []}
-    select = replace(cfg, steps=max(1, round(select_fraction * cfg.steps)))
-    best: tuple[float, DraftLM] | None = None
-    for depth, strategy in candidates:
-        layers = layer_plan(target.config.num_hidden_layers, depth, strategy)  # type: ignore[arg-type]
-        draft = build_draft(target, layers, vocab, base_model=base_model)
-        distill(draft, seqs, signals, select, progress=say)
-        acc = measure_acceptance(draft, *validation)
-        cost = _relative_cost(target.config, depth, len(vocab))
-        score = _score(acc, cost)
-        report["candidates"].append(
-            {"layers": layers, "acceptance": acc.greedy, "cost": cost, "score": score}
-        )
-        if best is None or score > best[0]:
-            best = (score, draft)
-    if best is None:
-        raise ValueError("no draft candidates given")
-    draft = best[1]
-    report["layers"] = draft.info.source_layers
-    report["selected_after_steps"] = select.steps
-    rest = replace(cfg, steps=max(1, cfg.steps - select.steps), warmup_steps=1, seed=cfg.seed + 1)
-    result = distill(draft, seqs, signals, rest, progress=say)
-    report["distill"] = result.__dict__
-    report["after"] = {w: measure_acceptance(draft, *h).__dict__ for w, h in held.items()}
-    draft.info.acceptance = report["after"]["chat"]["greedy"]
-    draft.info.note = "offline: chat + grounded self-generated"
-    report["version"], report["url"] = save_draft_version(draft, out_root)
-    report["relative_cost"] = _relative_cost(target.config, len(report["layers"]), len(vocab))
-    return report
-
-
-def run_osd_round(
-    target: torch.nn.Module,
-    draft_root: str,
-    osd_root: str,
-    tenant_id: str,
-    model_name: str,
-    *,
-    config: DistillConfig | None = None,
-    correct_fraction: float = 0.25,
-    heldout_fraction: float = 0.2,
-    max_tokens: int = 2_000_000,
-    max_new_vocab: int = 1024,
-    inference_model: torch.nn.Module | None = None,
-    progress: Progress | None = None,
-) -> dict:
-    """One OSD round for (tenant, model): distil the latest draft on its recorded traffic."""
-    say = progress or (lambda done, total, what: None)
-    teacher = inference_model or target
-    latest = latest_draft_version(draft_root)
-    if latest is None:
-        raise FileNotFoundError(
-            f"no draft under {draft_root}: build one first (build_default_draft)"
-        )
-    files = list_osd_files(osd_root, tenant_id, model_name)
-    records = load_osd_records(files, max_tokens=max_tokens)
-    if len(records) < 2:
-        return {
-            "skipped": f"only {len(records)} records for {tenant_id}/{model_name}",
-            "version": latest[0],
-        }
-    draft = load_draft(latest[1])
-    rng = random.Random(0)
-    order = list(range(len(records)))
-    rng.shuffle(order)
-    cut = max(1, round(heldout_fraction * len(records)))
-    held, train = [records[i] for i in order[:cut]], [records[i] for i in order[cut:]]
-    held_seqs = [r.token_ids for r in held]
-    held_signals = teacher_signals(teacher, held_seqs, [sorted(r.wrong + r.right) for r in held])
-    before = measure_acceptance(draft, held_seqs, held_signals)
-    # Tokens the traffic needs that the draft's vocabulary lacks (e.g. code indentation).
-    counts: dict[int, int] = {}
-    for r in train:
-        for p in r.wrong:
-            counts[r.token_ids[p]] = counts.get(r.token_ids[p], 0) + 1
-    missing = sorted((t for t, n in counts.items() if n >= 2), key=lambda t: -counts[t])
-    added = extend_draft_vocab(
-        draft, missing[:max_new_vocab], target.get_output_embeddings().weight
-    )
-    positions = osd_positions(train, correct_fraction=correct_fraction)
-    seqs = [r.token_ids for r in train]
-    signals = teacher_signals(teacher, seqs, positions, progress=say)
-    result = distill(draft, seqs, signals, config, progress=say)
-    after = measure_acceptance(draft, held_seqs, held_signals)
-    report = {
-        "records": len(records),
-        "train_positions": sum(len(p) for p in positions),
-        "vocab_added": added,
-        "before": before.__dict__,
-        "after": after.__dict__,
-        "distill": result.__dict__,
-    }
-    if after.greedy + 1e-3 < before.greedy:
-        report["kept"] = latest[0]  # worse on held-out traffic: keep serving the old one
-        return report
-    draft.info.acceptance = after.greedy
-    draft.info.note = f"osd round on {len(train)} records of {tenant_id}"
-    report["version"], report["url"] = save_draft_version(draft, draft_root)
-    remove_osd_files(files)
-    return report
