@@ -9,6 +9,7 @@
    `OSDRecorder` records (greedy speculation, k = 4) is flushed to files, one
    `run_osd_round` distils on it, and acceptance on held-out code prompts is measured with
    the draft before and after.
+3. Prompt lookup (n-gram, k = 4) on the same held-out answers, for comparison.
 
 Generations are cached under $LMAAS_HOME/bench-cache (deterministic: greedy decoding).
 """
@@ -29,6 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from lmaas.config import get_settings
 from lmaas.engine.model_files import materialize_model
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
+from lmaas.engine.speculation.prompt_lookup import NgramIndex
 from lmaas.finetune.distill import (
     DistillConfig,
     agreement,
@@ -50,6 +52,35 @@ def cached(path: Path, make):  # type: ignore[no-untyped-def]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: [s.__dict__ for s in v] for k, v in value.items()}))
     return value
+
+
+def prompt_lookup_walk(samples: list[Sample], k: int = 4) -> dict:
+    """Greedy speculation with prompt lookup (k tokens) over the target's own answers."""
+    steps = emitted = proposed = accepted = matched = 0
+    for s in samples:
+        tokens, pos = s.token_ids, s.prompt_len
+        index = NgramIndex(tokens[:pos], max_n=4)
+        while pos < len(tokens):
+            proposal = index.propose(k)
+            m = 0
+            while m < len(proposal) and pos + m < len(tokens) and proposal[m] == tokens[pos + m]:
+                m += 1
+            n = min(m + 1, len(tokens) - pos)
+            index.extend(tokens[pos : pos + n])
+            pos += n
+            steps, emitted, proposed, accepted = (
+                steps + 1,
+                emitted + n,
+                proposed + len(proposal),
+                accepted + m,
+            )
+            matched += bool(proposal)
+    return {
+        "k": k,
+        "tokens_per_step": emitted / steps,
+        "acceptance": accepted / max(proposed, 1),
+        "steps_with_a_proposal": matched / steps,
+    }
 
 
 def main() -> None:
@@ -203,6 +234,11 @@ def main() -> None:
         }
         results["timings_s"]["osd"] = time.monotonic() - t0
 
+    results["prompt_lookup"] = {
+        "chat": prompt_lookup_walk(samples["chat"]),
+        "grounded": prompt_lookup_walk(samples["grounded"]),
+        "code": prompt_lookup_walk(shifted["heldout"]),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
@@ -217,6 +253,11 @@ def main() -> None:
         a = off["after"][w]
         console.print(
             f"{w}: greedy acceptance {a['greedy']:.3f}, tokens per step {a['tokens_per_step']}"
+        )
+    for w, v in results["prompt_lookup"].items():
+        console.print(
+            f"prompt lookup on {w}: acceptance {v['acceptance']:.3f}, "
+            f"tokens per step {v['tokens_per_step']:.2f} (k = 4)"
         )
     console.print(
         f"OSD on code: acceptance {results['osd']['acceptance_before']:.3f} → {results['osd']['acceptance_after']:.3f}"
