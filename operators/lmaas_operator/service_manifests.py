@@ -78,11 +78,14 @@ def _env(
         "LMAAS_MODEL_NAME": model_name,
         "LMAAS_DEVICE": "cuda" if resource_name else "cpu",
         "LMAAS_HOME": "/var/lib/lmaas",
+        # The runtime's policy grammar (lmaas.engine.speculation.policy): off, fixed:k,
+        # smartspec; numSpeculativeTokens is fixed's k and every policy's bound.
         "LMAAS_SPECULATION": (
-            "off"
-            if spec.speculation.policy == "off"
-            else f"{spec.speculation.policy}:{spec.speculation.num_speculative_tokens}"
+            f"fixed:{spec.speculation.num_speculative_tokens}"
+            if spec.speculation.policy == "fixed"
+            else spec.speculation.policy
         ),
+        "LMAAS_SPECULATION_MAX_K": str(spec.speculation.num_speculative_tokens),
     }
     env.update(spec.runtime.env)
     return [{"name": k, "value": v} for k, v in sorted(env.items())]

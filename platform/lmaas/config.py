@@ -216,10 +216,18 @@ class Settings(BaseSettings):
         "re-reads where Adapters are loaded (routing prefers those pods).",
     )
     speculation: str = Field(
-        default="off",
-        description="Speculative decoding policy of the runtime: `off`, `fixed:k` (always k "
-        "draft tokens) or `smartspec` / `smartspec:k` (goodput-driven, at most k); the operator "
-        "sets it per ModelService.",
+        default="smartspec",
+        description="Speculative decoding policy of the runtime's requests (a request may set "
+        "its own): `off`, `fixed:k` (always k draft tokens) or `smartspec` (the goodput "
+        "controller chooses each step); the operator sets it per ModelService.",
+    )
+    speculation_max_k: int = Field(
+        default=4,
+        ge=0,
+        le=16,
+        description="Most draft tokens one request proposes per step: caps every policy (the "
+        "bound of `smartspec`); 0 = never speculate. The operator sets it from a "
+        "ModelService's `numSpeculativeTokens`.",
     )
     log_level: str = Field(default="INFO", description="Log level of every process.")
 
@@ -231,18 +239,9 @@ class Settings(BaseSettings):
     @field_validator("speculation", mode="after")
     @classmethod
     def _speculation_policy(cls, value: str) -> str:
-        policy, sep, k = value.strip().lower().partition(":")
-        ok = policy in ("off", "fixed", "smartspec") and (
-            (policy == "off" and not sep)
-            or (policy == "smartspec" and not sep)
-            or (sep and k.isdigit() and 1 <= int(k) <= 16 and policy != "off")
-        )
-        if not ok:
-            raise ValueError(
-                f"LMAAS_SPECULATION={value!r}: use `off`, `fixed:k` or `smartspec[:k]` "
-                "with k from 1 to 16"
-            )
-        return value.strip().lower()
+        from lmaas.engine.speculation.policy import parse_policy  # torch-free
+
+        return str(parse_policy(value))  # SpecPolicyError (a ValueError) says what is valid
 
     # Derived locations -------------------------------------------------------------
 
