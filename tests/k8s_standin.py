@@ -22,6 +22,10 @@ subclass adds them (numbers as in shared/K8S-TESTING.md):
     ``autoscaling/v1`` Scale, PATCH changes only ``spec.replicas`` (the gateway's
     activator scales through it); EndpointSlices are declared.
 
+It also records every resource request it serves (`LmaasEmulator.calls`: user agent, verb,
+API group, resource[/subresource]), so tests can check what the operator and the gateway
+really call against the RBAC the chart grants them.
+
 What it still is not: no controllers (no Pods from Deployments), no garbage collection,
 no admission, RBAC, schema validation or /openapi. Tests check schemas separately.
 
@@ -49,7 +53,7 @@ import kmock
 import yaml
 from kmock._internal import enums, parsing, rendering
 
-__all__ = ["KubeStandIn", "LmaasEmulator", "matches_selector"]
+__all__ = ["ApiCall", "KubeStandIn", "LmaasEmulator", "matches_selector"]
 
 # (group/version/plural, kind, namespaced, subresources)
 SHORT_NAMES = {
@@ -97,6 +101,33 @@ BUILTIN_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
 ]
 
 _CRDS = kmock.resource("apiextensions.k8s.io/v1/customresourcedefinitions")
+
+
+@attrs.frozen
+class ApiCall:
+    """One request as RBAC sees it: who (user agent), verb, API group, resource."""
+
+    agent: str
+    verb: str
+    group: str
+    resource: str
+
+    @property
+    def rule(self) -> tuple[str, str, str]:
+        return (self.verb, self.group, self.resource)
+
+
+def _verb(request: rendering.Request) -> str:
+    method = str(getattr(request.method, "value", request.method)).upper()
+    if method == "GET":
+        if request.name:
+            return "get"
+        return "watch" if request.params.get("watch") in ("true", "1") else "list"
+    if method == "DELETE" and not request.name:
+        return "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+
+
 _DEPLOYMENTS = kmock.resource("apps/v1/deployments")
 _VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 
@@ -193,6 +224,8 @@ class LmaasEmulator(kmock.KubernetesEmulator):
     _scopes: dict[Any, bool] = attrs.field(factory=dict, init=False)
     # (METHOD, path regex) → status: injected failures, e.g. to stop a reconcile half-way.
     faults: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+    # Every resource request served, in order (see the module docstring).
+    calls: list[ApiCall] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -248,6 +281,18 @@ class LmaasEmulator(kmock.KubernetesEmulator):
         return None
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.resource.plural:
+            plural = request.resource.plural + (
+                f"/{request.subresource}" if request.subresource else ""
+            )
+            self.calls.append(
+                ApiCall(
+                    agent=request.headers.get("User-Agent", ""),
+                    verb=_verb(request),
+                    group=request.resource.group or "",
+                    resource=plural,
+                )
+            )
         for (method, pattern), status in list(self.faults.items()):
             verb = str(getattr(request.method, "value", request.method)).upper()
             if verb == method and re.search(pattern, request.url.path):
@@ -516,6 +561,12 @@ class KubeStandIn:
     def heal(self) -> None:
         assert self.emulator is not None
         self.emulator.faults.clear()
+
+    def calls_by(self, agent_prefix: str) -> set[tuple[str, str, str]]:
+        """(verb, group, resource) of every call made with a user agent starting so."""
+        assert self.emulator is not None
+        calls = list(self.emulator.calls)
+        return {c.rule for c in calls if c.agent.startswith(agent_prefix)}
 
     def dump(self) -> str:
         """Every stored object, for failure messages."""

@@ -113,6 +113,7 @@ KINDS: tuple[Kind, ...] = (
             ("Model", "string", ".spec.model"),
             ("Replicas", "integer", ".status.totalReplicas"),
             ("Cost/h", "number", ".status.costPerHour"),
+            ("Req/s", "number", ".status.observedRate"),
             ("Endpoint", "string", ".status.endpoint"),
             ("Ready", "string", READY),
             _age(),

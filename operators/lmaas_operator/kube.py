@@ -15,7 +15,10 @@ from typing import Any
 
 import httpx
 
+from lmaas import __version__
+
 __all__ = [
+    "USER_AGENT",
     "AlreadyExists",
     "Conflict",
     "KubeClient",
@@ -24,6 +27,10 @@ __all__ = [
     "NotFound",
     "is_subset",
 ]
+
+USER_AGENT = f"lmaas-operator/{__version__}"
+"""Sent with every request, so the API server's audit log (and the tests) can tell the
+operator's calls apart from kopf's own (``kopf/<version>``)."""
 
 # kind → (plural, namespaced) for everything the operator touches.
 _KINDS: dict[str, tuple[str, bool]] = {
@@ -36,6 +43,7 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "Pod": ("pods", True),
     "Deployment": ("deployments", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
+    "EndpointSlice": ("endpointslices", True),
     "Tenant": ("tenants", False),
     "Model": ("models", False),
     "GPUType": ("gputypes", False),
@@ -139,6 +147,7 @@ class KubeClient:
                 headers["Authorization"] = f"{prefix} {token}"
         verify: Any = cfg.ssl_ca_cert if cfg.verify_ssl and cfg.ssl_ca_cert else cfg.verify_ssl
         cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file else None
+        headers["User-Agent"] = USER_AGENT
         http = httpx.Client(
             base_url=cfg.host, headers=headers, verify=verify, cert=cert, timeout=timeout
         )

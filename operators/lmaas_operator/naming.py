@@ -1,8 +1,9 @@
 """Deterministic names, labels and hashes of everything the operator creates.
 
 Children are named from their parent's name so that a retry, a restart or a second
-operator finds what the first one made. The labels here are also the contract with the
-gateway's activator, which finds and scales a ModelService's Deployments by them.
+operator finds what the first one made. Label and annotation names come from
+`lmaas.kube_names` (re-exported here): they are the contract with the gateway, which finds
+and scales a ModelService's Deployments and feeds each Adapter's request rate by them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,25 @@ import hashlib
 import json
 import re
 from typing import Any
+
+from lmaas.kube_names import (
+    ANNOTATION_IDLE_TIMEOUT,
+    ANNOTATION_PLANNED_REPLICAS,
+    ANNOTATION_REQUEST_RATE,
+    ANNOTATION_SERVERLESS,
+    ANNOTATION_SPEC_HASH,
+    LABEL_CAPACITY,
+    LABEL_COMPONENT,
+    LABEL_FINETUNE_JOB,
+    LABEL_GPU_TYPE,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_MODEL_SERVICE,
+    LABEL_PART_OF,
+    LABEL_TENANT,
+    PREFIX,
+    is_label_value,
+)
 
 __all__ = [
     "ANNOTATION_IDLE_TIMEOUT",
@@ -25,35 +45,22 @@ __all__ = [
     "LABEL_FINETUNE_JOB",
     "LABEL_GPU_TYPE",
     "LABEL_MANAGED_BY",
+    "LABEL_MODEL",
     "LABEL_MODEL_SERVICE",
     "LABEL_PART_OF",
     "LABEL_TENANT",
     "MANAGED_BY",
+    "PREFIX",
     "TENANT_SERVICE_ACCOUNT",
     "canonical_hash",
     "deployment_name",
     "dns_label",
+    "is_label_value",
     "tenant_namespace",
 ]
 
-PREFIX = "lmaas.io"
 FINALIZER = f"{PREFIX}/finalizer"
 MANAGED_BY = "lmaas-operator"
-
-LABEL_PART_OF = "app.kubernetes.io/part-of"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_TENANT = f"{PREFIX}/tenant"
-LABEL_MODEL_SERVICE = f"{PREFIX}/model-service"
-LABEL_GPU_TYPE = f"{PREFIX}/gpu-type"
-LABEL_CAPACITY = f"{PREFIX}/capacity"
-LABEL_FINETUNE_JOB = f"{PREFIX}/fine-tune-job"
-
-ANNOTATION_SPEC_HASH = f"{PREFIX}/spec-hash"
-ANNOTATION_PLANNED_REPLICAS = f"{PREFIX}/planned-replicas"
-ANNOTATION_SERVERLESS = f"{PREFIX}/serverless"
-ANNOTATION_IDLE_TIMEOUT = f"{PREFIX}/idle-timeout-seconds"
-ANNOTATION_REQUEST_RATE = f"{PREFIX}/request-rate"
 
 API_KEY_SECRET = "lmaas-api-key"
 TENANT_SERVICE_ACCOUNT = "lmaas-tenant"

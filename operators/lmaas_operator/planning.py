@@ -2,7 +2,8 @@
 
 Turns a ModelService, its Model and the GPUTypes into the planner's inputs, calls
 `plan_service`, and returns the plan in the shape the ModelService status shows. An
-explicit GPU choice bypasses the planner (and is priced here).
+explicit GPU choice bypasses the planner (and is priced here). Live re-planning
+(`lmaas_operator.replanning`) builds its `Replanner` from the same inputs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ __all__ = [
     "compute_plan",
     "plan_hash",
     "planner_available",
+    "planner_gpu_types",
+    "planner_model",
+    "planner_slo",
+    "status_from_plan",
 ]
 
 DEFAULT_BUCKET = {"input_tokens": (1, 512), "output_tokens": (1, 256), "share": 1.0}
@@ -121,6 +126,63 @@ def _planner_gpu(name: str, spec: GPUTypeSpec) -> Any:
     )
 
 
+def planner_model(model_name: str, model: ModelSpec) -> Any:
+    """The planner's description of a Model."""
+    assert _placement is not None
+    return _placement.ModelSpec(
+        name=model_name,
+        num_params=model.num_params,
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_kv_heads=model.num_kv_heads,
+        head_dim=model.head_dim,
+        bytes_per_param=model.bytes_per_param,
+    )
+
+
+def planner_slo(service: ModelServiceSpec) -> Any:
+    assert _placement is not None
+    return _placement.SLO(
+        metric=service.slo.metric, statistic=service.slo.statistic, target_ms=service.slo.target_ms
+    )
+
+
+def planner_gpu_types(
+    service: ModelServiceSpec, gpu_types: dict[str, GPUTypeSpec]
+) -> tuple[dict[str, GPUTypeSpec], list[Any]]:
+    """The GPUTypes the service may use, and the same as the planner's GPU types."""
+    candidates = _candidates(service, gpu_types)
+    if not candidates:
+        raise PlanningError("no GPUType exists: create at least one GPUType")
+    return candidates, [_planner_gpu(k, v) for k, v in sorted(candidates.items())]
+
+
+def status_from_plan(
+    plan: Any,
+    service: ModelServiceSpec,
+    candidates: dict[str, GPUTypeSpec],
+    *,
+    source: str = "planner",
+) -> PlanStatus:
+    """A planner `Plan` in the shape of the status (on-demand and spot apart), capped at
+    ``scaling.maxReplicas``."""
+    # The planner's `counts` are all replicas of a type; `spot_counts` the spot part.
+    spot = {k: int(v) for k, v in (plan.spot_counts or {}).items() if v > 0}
+    on_demand = {k: int(v) - spot.get(k, 0) for k, v in plan.counts.items()}
+    result = PlanStatus(
+        counts={k: v for k, v in on_demand.items() if v > 0},
+        spot_counts=spot,
+        cost_per_hour=round(float(plan.cost_per_hour), 4),
+        buckets_by_type={k: list(v) for k, v in (plan.buckets_by_type or {}).items()},
+        savings_vs_best_single=(
+            None if plan.savings_vs_best_single is None else float(plan.savings_vs_best_single)
+        ),
+        source=source,
+        rate=round(float(plan.rate), 6),
+    )
+    return _cap(result, service.scaling.max_replicas, candidates)
+
+
 def compute_plan(
     service: ModelServiceSpec,
     model_name: str,
@@ -135,9 +197,7 @@ def compute_plan(
             "the GPU planner (lmaas.placement) is not installed: set gpu.mode explicit "
             "with gpu.counts, or install lmaas with the operator extra"
         )
-    candidates = _candidates(service, gpu_types)
-    if not candidates:
-        raise PlanningError("no GPUType exists: create at least one GPUType")
+    candidates, types = planner_gpu_types(service, gpu_types)
     p = _placement
     assert p is not None
     try:
@@ -150,38 +210,13 @@ def compute_plan(
             for b in service.workload.buckets
         ] or [p.Bucket(**DEFAULT_BUCKET)]
         plan = p.plan_service(
-            model=p.ModelSpec(
-                name=model_name,
-                num_params=model.num_params,
-                num_layers=model.num_layers,
-                hidden_size=model.hidden_size,
-                num_kv_heads=model.num_kv_heads,
-                head_dim=model.head_dim,
-                bytes_per_param=model.bytes_per_param,
-            ),
+            model=planner_model(model_name, model),
             workload=p.Workload(rate=service.workload.rate, buckets=buckets),
-            slo=p.SLO(
-                metric=service.slo.metric,
-                statistic=service.slo.statistic,
-                target_ms=service.slo.target_ms,
-            ),
-            gpu_types=[_planner_gpu(k, v) for k, v in sorted(candidates.items())],
+            slo=planner_slo(service),
+            gpu_types=types,
             min_replicas=service.scaling.min_replicas,
             max_spot_share=service.scaling.max_spot_share,
         )
     except (ValueError, RuntimeError) as exc:  # PlacementInfeasible and bad inputs
         raise PlanningError(f"the planner found no GPU mix: {exc}") from exc
-    # The planner's `counts` are all replicas of a type; `spot_counts` the spot part.
-    spot = {k: int(v) for k, v in (plan.spot_counts or {}).items() if v > 0}
-    on_demand = {k: int(v) - spot.get(k, 0) for k, v in plan.counts.items()}
-    result = PlanStatus(
-        counts={k: v for k, v in on_demand.items() if v > 0},
-        spot_counts=spot,
-        cost_per_hour=round(float(plan.cost_per_hour), 4),
-        buckets_by_type={k: list(v) for k, v in (plan.buckets_by_type or {}).items()},
-        savings_vs_best_single=(
-            None if plan.savings_vs_best_single is None else float(plan.savings_vs_best_single)
-        ),
-        source="planner",
-    )
-    return _cap(result, service.scaling.max_replicas, candidates)
+    return status_from_plan(plan, service, candidates)

@@ -325,8 +325,10 @@ class PlanStatus(CrdModel):
     """Which workload buckets each GPU type serves."""
     savings_vs_best_single: float | None = None
     """Fraction saved against the cheapest single-type mix."""
-    source: Literal["planner", "explicit"] = "planner"
-    """Whether the planner chose the mix or the spec gave it."""
+    source: Literal["planner", "live", "explicit"] = "planner"
+    """planner = for the spec's workload; live = for the traffic the gateways saw; explicit = the spec's counts."""
+    rate: float | None = None
+    """Requests per second the mix was planned for (observed rate plus headroom when live)."""
 
 
 class ReplicaStatus(CrdModel):
@@ -363,6 +365,8 @@ class ModelServiceStatus(_Status):
     """Whether the service scales to zero."""
     plan_hash: str | None = None
     """Hash of the planner's inputs the plan was computed from."""
+    observed_rate: float | None = None
+    """Requests per second the gateways routed to the service in the last re-planning window."""
 
 
 # Adapter ---------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 A serverless service (minReplicas 0) gets its Deployments at zero replicas and annotated
 with the plan, so the gateway's activator knows how far to scale them when requests
 arrive; the operator then leaves `spec.replicas` of those Deployments to the activator.
+Each Deployment (and its pods) carries the served model's name (``lmaas.io/model``), by
+which the activator finds the services of a model.
 """
 
 from __future__ import annotations
@@ -76,11 +78,14 @@ def _env(
         "LMAAS_MODEL_NAME": model_name,
         "LMAAS_DEVICE": "cuda" if resource_name else "cpu",
         "LMAAS_HOME": "/var/lib/lmaas",
+        # The runtime's policy grammar (lmaas.engine.speculation.policy): off, fixed:k,
+        # smartspec; numSpeculativeTokens is fixed's k and every policy's bound.
         "LMAAS_SPECULATION": (
-            "off"
-            if spec.speculation.policy == "off"
-            else f"{spec.speculation.policy}:{spec.speculation.num_speculative_tokens}"
+            f"fixed:{spec.speculation.num_speculative_tokens}"
+            if spec.speculation.policy == "fixed"
+            else spec.speculation.policy
         ),
+        "LMAAS_SPECULATION_MAX_K": str(spec.speculation.num_speculative_tokens),
     }
     env.update(spec.runtime.env)
     return [{"name": k, "value": v} for k, v in sorted(env.items())]
@@ -105,6 +110,8 @@ def deployment(
         n.LABEL_GPU_TYPE: group.gpu_type,
         n.LABEL_CAPACITY: "spot" if group.spot else "on-demand",
     }
+    if n.is_label_value(model_name):  # else the activator reads the container's env
+        labels[n.LABEL_MODEL] = model_name
     node_selector = dict(gpu.node_selector)
     tolerations = list(gpu.tolerations)
     if group.spot and gpu.spot is not None:

@@ -1,10 +1,11 @@
 """Reconciling a ModelService: plan the GPU mix, then one Deployment per GPU type.
 
 The plan is recomputed only when its inputs change (a hash of their canonical JSON is
-kept in status). Deployments of GPU types the plan dropped are deleted. A serverless
-service's Deployments are created at zero replicas and their `spec.replicas` is left to
-the gateway's activator afterwards; the plan's count is on the `planned-replicas`
-annotation.
+kept in status), or re-planned from live traffic on the resync timer (`replanning`: a
+plan with source ``live`` is kept while the inputs stay the same). Deployments of GPU
+types the plan dropped are deleted. A serverless service's Deployments are created at
+zero replicas and their `spec.replicas` is left to the gateway's activator afterwards; the
+plan's count is on the `planned-replicas` annotation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lmaas_operator.crds import API_VERSION
 from lmaas_operator.deps import Deps
 from lmaas_operator.errors import InvalidSpec, NotReady
 from lmaas_operator.planning import PlanningError, compute_plan, plan_hash
+from lmaas_operator.replanning import LiveResult
 from lmaas_operator.resources import GPUTypeSpec, ModelServiceSpec, ModelSpec, PlanStatus
 from lmaas_operator.tenants import tenant_of_namespace
 
@@ -74,8 +76,12 @@ def reconcile_service(
     spec: ModelServiceSpec,
     owner: dict[str, Any],
     status: dict[str, Any],
+    replan: bool = False,
 ) -> dict[str, Any]:
-    """Bring the service's children to its plan; returns the status fields."""
+    """Bring the service's children to its plan; returns the status fields.
+
+    `replan`: first re-plan a planner-sized service from its live traffic (when due).
+    """
     kube, op = deps.kube, deps.operator
     tenant = tenant_of_namespace(deps, namespace)
     _check_tenant_may_use(deps, tenant, spec.model)
@@ -85,12 +91,26 @@ def reconcile_service(
     inputs_hash = plan_hash(spec, model, gpu_types)
     previous = status.get("plan")
     if previous and status.get("planHash") == inputs_hash:
-        plan = PlanStatus.model_validate(previous)
+        plan = PlanStatus.model_validate(previous)  # for the spec, or live (re-planned)
     else:
         try:
             plan = compute_plan(spec, spec.model, model, gpu_types)
         except PlanningError as exc:
             raise InvalidSpec(str(exc), reason="NoPlan") from exc
+    traffic: LiveResult | None = None
+    key = f"{namespace}/{name}"
+    if replan and spec.gpu.mode == "auto" and deps.replans is not None and deps.replans.due(key):
+        traffic = deps.replans.replan(
+            key=key,
+            inputs=inputs_hash,
+            spec=spec,
+            model_name=spec.model,
+            model=model,
+            gpu_types=gpu_types,
+            in_force=plan,
+        )
+        if traffic is not None and traffic.plan is not None:
+            plan = traffic.plan
 
     groups = sm.replica_groups(plan.counts, plan.spot_counts)
     missing = sorted({g.gpu_type for g in groups} - set(gpu_types))
@@ -157,4 +177,7 @@ def reconcile_service(
         "costPerHour": round(cost, 4),
         "endpoint": sm.service_endpoint(name, namespace, op.runtime_port),
         "serverless": serverless,
+        "observedRate": (
+            status.get("observedRate") if traffic is None else float(f"{traffic.observed_rate:.3g}")
+        ),
     }

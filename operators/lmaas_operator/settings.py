@@ -2,7 +2,8 @@
 
 The platform's own settings (database, broker) stay in `lmaas.config.Settings`; these are
 the knobs that only the operator has: images and ports of the runtime pods it creates,
-how often it re-checks its children, and where the gateway lives.
+how often it re-checks its children and re-plans services from live traffic, and where the
+gateway lives. `lmaas config-table` lists them in the README below the platform's own.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ class OperatorSettings(BaseSettings):
         default="lmaas-system",
         description="Namespace of the gateway; tenant NetworkPolicies allow traffic to and from it.",
     )
-    gateway_selector: str = Field(
-        default="app.kubernetes.io/component=gateway",
-        description="Label selector (k=v,…) of the gateway pods, for the NetworkPolicies.",
-    )
     runtime_env: dict[str, str] = Field(
         default_factory=dict,
         description="Extra environment of every runtime pod, as JSON (e.g. LMAAS_ARTIFACT_URL "
@@ -56,6 +53,34 @@ class OperatorSettings(BaseSettings):
     )
     runtime_timeout_s: float = Field(
         default=30.0, description="Timeout of one call to a runtime pod's internal API."
+    )
+    replan_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often a ModelService planned by the planner (gpu.mode auto) is "
+        "re-planned from the traffic the gateways saw since the last time (on the resync timer: "
+        "at most once per resync interval); 0 = never.",
+    )
+    replan_headroom: float = Field(
+        default=0.15,
+        ge=0,
+        description="Re-planning sizes for the observed request rate plus this fraction.",
+    )
+    replan_down_after_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A cheaper plan for less traffic is adopted only after it has held this "
+        "long (more traffic is followed at once).",
+    )
+    gateway_service: str = Field(
+        default="lmaas-gateway",
+        description="Name of the gateway's Service in the platform namespace: the live traffic "
+        "is read from the /metrics of every pod behind it (its EndpointSlices).",
+    )
+    gateway_metrics_url: str | None = Field(
+        default=None,
+        description="Comma-separated /metrics URLs of the gateways to read the live traffic "
+        "from, instead of the pods of `LMAAS_OPERATOR_GATEWAY_SERVICE`.",
     )
 
 

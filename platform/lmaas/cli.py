@@ -42,15 +42,37 @@ register_placement(app)
 
 @app.command("config-table")
 def config_table() -> None:
-    """Print the README's configuration table (every LMAAS_* variable)."""
+    """Print the README's configuration tables (every LMAAS_* variable, then the operator's)."""
     from lmaas.config import Settings
 
-    typer.echo("| variable | default | meaning |")
-    typer.echo("| --- | --- | --- |")
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        shown = "" if default is None else f"`{default}`"
-        typer.echo(f"| `LMAAS_{name.upper()}` | {shown} | {field.description or ''} |")
+    for line in _settings_table(Settings, "LMAAS_"):
+        typer.echo(line)
+    try:
+        from lmaas_operator.settings import OperatorSettings
+    except ImportError:  # an install without the operator package
+        return
+    typer.echo("")
+    typer.echo("The operator (`lmaas-operator`) reads these as well:")
+    typer.echo("")
+    for line in _settings_table(OperatorSettings, "LMAAS_OPERATOR_"):
+        typer.echo(line)
+
+
+def _settings_table(settings: type, prefix: str) -> list[str]:
+    """A Markdown table of a pydantic-settings class: variable, default, meaning."""
+    import json
+
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in settings.model_fields.items():  # type: ignore[attr-defined]
+        default = field.get_default(call_default_factory=True)
+        if default is None or default == {}:
+            shown = ""
+        elif isinstance(default, dict):
+            shown = f"`{json.dumps(default)}`"
+        else:
+            shown = f"`{default}`"
+        lines.append(f"| `{prefix}{name.upper()}` | {shown} | {field.description or ''} |")
+    return lines
 
 
 def main() -> None:

@@ -208,12 +208,40 @@ class Settings(BaseSettings):
         description="`kubernetes`: the namespace whose ModelServices the gateway scales; "
         "default all namespaces.",
     )
+    adapter_rate_period_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="`kubernetes`: how often the gateway writes each Adapter's request rate "
+        "(annotation `lmaas.io/request-rate`, from which the operator sizes its placement) and "
+        "re-reads where Adapters are loaded (routing prefers those pods).",
+    )
+    speculation: str = Field(
+        default="smartspec",
+        description="Speculative decoding policy of the runtime's requests (a request may set "
+        "its own): `off`, `fixed:k` (always k draft tokens) or `smartspec` (the goodput "
+        "controller chooses each step); the operator sets it per ModelService.",
+    )
+    speculation_max_k: int = Field(
+        default=4,
+        ge=0,
+        le=16,
+        description="Most draft tokens one request proposes per step: caps every policy (the "
+        "bound of `smartspec`); 0 = never speculate. The operator sets it from a "
+        "ModelService's `numSpeculativeTokens`.",
+    )
     log_level: str = Field(default="INFO", description="Log level of every process.")
 
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("speculation", mode="after")
+    @classmethod
+    def _speculation_policy(cls, value: str) -> str:
+        from lmaas.engine.speculation.policy import parse_policy  # torch-free
+
+        return str(parse_policy(value))  # SpecPolicyError (a ValueError) says what is valid
 
     # Derived locations -------------------------------------------------------------
 

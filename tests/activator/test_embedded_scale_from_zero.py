@@ -87,9 +87,10 @@ class _PidWatcher:
 def test_requests_at_zero_share_one_cold_start_and_the_idle_service_scales_to_zero(
     embedded_gateway,
 ) -> None:
-    # The reference engine serves one request at a time, so the burst stays in flight well
-    # past the idle timeout once the runtime is up (the batched engine would finish it in a
-    # fraction of a second and leave that window untested).
+    # The reference engine loads slower than the idle timeout (≈ 4 s here), so the burst is
+    # held longer than it; the batching engine's cold start is about as long as the timeout.
+    # (It also serves one request at a time, but the tiny model answers the burst in well
+    # under a second on a quiet machine: how long it stays in flight is not asserted.)
     with embedded_gateway(idle_timeout_s=2.0, engine="reference") as gw:
         key = gw.tenant_key()
         client = _client(gw, key)
@@ -115,10 +116,12 @@ def test_requests_at_zero_share_one_cold_start_and_the_idle_service_scales_to_ze
         assert metric(text, "lmaas_activator_scale_events_total", direction="up") == 1
         assert metric(text, "lmaas_activator_cold_start_seconds_count", service=MODEL) == 1
         assert metric(text, "lmaas_activator_held_requests", service=MODEL) == 0
-        # Held through a cold start longer than the idle timeout, then in flight (queued on
-        # the one-at-a-time engine) longer than it again: neither let the service idle.
+        # Held through a cold start longer than the idle timeout: that did not let the
+        # service idle (one runtime process served the whole burst, above). How long the
+        # burst then stays in flight depends on the engine's speed (the tiny model answers
+        # 8 requests in well under a second), so it is not asserted here.
         cold_start_s = metric(text, "lmaas_activator_cold_start_seconds_sum", service=MODEL)
-        assert cold_start_s > 2.0 and took - cold_start_s > 2.0, (cold_start_s, took)
+        assert cold_start_s > 2.0 and took >= cold_start_s, (cold_start_s, took)
 
         # Idle for 2 s: scaled to zero, the process is gone.
         wait_until(lambda: not alive(pid), 30, "the idle runtime to stop")

@@ -28,6 +28,7 @@ from lmaas import kube_names as kn
 from lmaas.config import Settings
 from lmaas.gateway.activator.kube_api import KubeApi
 from lmaas.gateway.activator.kubernetes import KubernetesBackend, deployment_model
+from lmaas.gateway.routing import TenantRef
 from tests.activator.conftest import (
     ADMIN_TOKEN,
     MODEL,
@@ -328,19 +329,23 @@ async def test_the_backend_reads_the_plan_and_never_scales_a_non_serverless_serv
 ) -> None:
     kube.create(DEPLOYMENTS, _deployment("chat-h100", planned=3, serverless=False, replicas=3))
     backend = KubernetesBackend(KubeApi(kube.url), default_idle_timeout_s=99)
+    acme = TenantRef("tnt-1", "acme")
     try:
-        info = await backend.lookup(MODEL)
+        info = await backend.lookup(MODEL, acme)
         assert info is not None and info.key == f"{NAMESPACE}/{SERVICE}"
+        assert info.tenant == "acme"
         assert info.scale_to_zero is False, "one Deployment is not serverless"
         assert info.idle_timeout_s == 2
-        assert await backend.lookup("another-model") is None
+        assert await backend.lookup("another-model", acme) is None
+        assert await backend.lookup(MODEL) is None, "acme's service is not shared"
         shared = _deployment("pool-a10g", planned=1)
         shared["metadata"] = dict(shared["metadata"], namespace="zz-shared")
         shared["metadata"]["labels"] = {kn.LABEL_MODEL_SERVICE: "pool"}
         kube.create(DEPLOYMENTS, shared)
         backend.cache_ttl_s = 0
         pooled = await backend.lookup(MODEL)
-        assert pooled is not None and pooled.key == "zz-shared/pool", "shared before tenants'"
+        assert pooled is not None and pooled.key == "zz-shared/pool" and pooled.tenant is None
+        assert (await backend.lookup(MODEL, acme)).key == info.key, "its own before shared"
         assert await backend.current_replicas(info) == 3
         assert await backend.scale_up(info) == 2 + 1 + 3
         await backend.scale_to_zero(info)

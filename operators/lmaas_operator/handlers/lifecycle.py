@@ -12,7 +12,9 @@ from lmaas.store import Database
 from lmaas_operator.adapter_placement import RuntimeAdapterClient
 from lmaas_operator.deps import Deps
 from lmaas_operator.kube import KubeClient
+from lmaas_operator.live_traffic import LiveTraffic
 from lmaas_operator.naming import FINALIZER, PREFIX
+from lmaas_operator.replanning import ReplanRegistry
 from lmaas_operator.settings import OperatorSettings
 
 __all__ = ["deps", "set_deps"]
@@ -59,13 +61,18 @@ def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -
     if _deps is None:
         platform = Settings()
         logger.info("connecting to the platform database and the Kubernetes API")
+        kube = KubeClient.from_environment()
         set_deps(
             Deps(
-                kube=KubeClient.from_environment(),
+                kube=kube,
                 db=Database(platform.resolved_database_url),
                 settings=platform,
                 operator=op,
                 runtime=RuntimeAdapterClient(timeout=op.runtime_timeout_s),
+                replans=ReplanRegistry(
+                    LiveTraffic(kube, op, min_interval_s=min(5.0, op.replan_interval_s / 2)),
+                    op,
+                ),
             )
         )
 

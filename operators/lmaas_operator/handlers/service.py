@@ -1,4 +1,6 @@
-"""ModelService handlers: plan and reconcile on change and on a timer (drift, GPU changes)."""
+"""ModelService handlers: plan and reconcile on change; on a timer, re-plan from live
+traffic when due (`lmaas_operator.replanning`) and reconcile (drift, GPU changes). One
+timer does both, so a re-plan and a resync never race on the same service."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def _ready(fields: dict[str, Any]) -> tuple[bool, str, str]:
     return True, "Reconciled", f"{ready}/{fields['totalReplicas']} replicas ready"
 
 
-def _work(name: str, namespace: str, spec: Any, body: Any, status: Any):
+def _work(name: str, namespace: str, spec: Any, body: Any, status: Any, *, replan: bool = False):
     parsed = parse(ModelServiceSpec, spec)
     return lambda: reconcile_service(
         deps(),
@@ -32,6 +34,7 @@ def _work(name: str, namespace: str, spec: Any, body: Any, status: Any):
         spec=parsed,
         owner=owner_reference(body),
         status=dict(status or {}),
+        replan=replan,
     )
 
 
@@ -48,7 +51,7 @@ def service_resync(name: str, namespace: str, spec, body, status, meta, patch, *
         patch,
         status,
         meta,
-        _work(name, namespace, spec, body, status),
+        _work(name, namespace, spec, body, status, replan=True),
         ready_reason=_ready,
         timer=True,
     )

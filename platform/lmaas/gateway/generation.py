@@ -28,7 +28,7 @@ from lmaas.gateway.errors import (
     ServiceUnavailable,
 )
 from lmaas.gateway.ratelimit import Quota
-from lmaas.gateway.routing import Lease
+from lmaas.gateway.routing import Lease, TenantRef
 from lmaas.gateway.runtime_client import GenerationStream, ReplicaUnreachable
 from lmaas.gateway.state import GatewayState
 from lmaas.protocol import ErrorInfo, GenerateEvent, GenerateRequest, Usage
@@ -147,11 +147,13 @@ class Generation:
             )
         request.tenant_id = tenant.id
         request.adapter_id, request.adapter_uri = target.adapter_id, target.adapter_uri
+        state.router.count_request(target.adapter_id)
+        who = TenantRef(tenant.id, tenant.name)
         tries = 0
         while True:
             # A replica that refused is marked down: the next acquire picks another ready
             # one, or waits until one is ready again (a restarting runtime, scale from zero).
-            lease = await state.router.acquire(target.base_model, target.adapter_id)
+            lease = await state.router.acquire(target.base_model, target.adapter_id, who)
             try:
                 stream = await state.client.generate(lease.replica.url, request)
             except ReplicaUnreachable:
@@ -218,9 +220,15 @@ class Generation:
             usage = self.usage
             if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
                 return
-            tokens = self.state.metrics.tokens
-            tokens.labels(self.target.base_model, "prompt").inc(usage.prompt_tokens)
-            tokens.labels(self.target.base_model, "completion").inc(usage.completion_tokens)
+            metrics = self.state.metrics
+            metrics.tokens.labels(self.target.base_model, "prompt").inc(usage.prompt_tokens)
+            metrics.tokens.labels(self.target.base_model, "completion").inc(usage.completion_tokens)
+            metrics.observe_request_size(
+                self.target.base_model,
+                self.lease.replica.service,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            )
             try:
                 await anyio.to_thread.run_sync(self._record_usage, usage)
                 await self.state.limiter.debit_tokens(

@@ -1,5 +1,14 @@
 """Metrics (Prometheus, prefix ``lmaas_gateway_``) and access logs of the gateway.
 
+Besides its own ``lmaas_gateway_*`` series, the gateway exports the request-size metrics
+the GPU planner reads (`lmaas.placement.metrics`): the histograms
+``lmaas_request_prompt_tokens`` and ``lmaas_request_completion_tokens`` and the joint
+counter ``lmaas_request_size_total{prompt_le, completion_le}``, labelled ``model`` (the base
+model) and ``service`` (the scaled service that ran it: ``namespace/model-service`` on
+Kubernetes, the model name embedded, empty for fixed runtime URLs). Their bucket edges are
+the planner's default grid (`lmaas.placement.workload.MELANGE_EDGES`, then +Inf); each
+finished request is recorded once, with the exact token counts the runtime reported.
+
 The access log line is ``METHOD /path STATUS duration``: no headers, no query string, no
 body, so an API key can never reach a log. Routes are labelled by their template
 (``/v1/adapters/{name}``), never by the raw path, to keep label cardinality bounded.
@@ -12,13 +21,24 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.utils import INF, floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["GatewayMetrics", "ObservabilityMiddleware"]
+from lmaas.placement.workload import MELANGE_EDGES
+
+__all__ = ["SIZE_EDGES", "GatewayMetrics", "ObservabilityMiddleware", "size_bucket"]
 
 access_log = logging.getLogger("lmaas.gateway.access")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+SIZE_EDGES: tuple[float, ...] = (*(float(e) for e in MELANGE_EDGES[1:]), INF)
+"""Upper edges (tokens, ``n ≤ le``) of the request-size buckets: the planner's grid."""
+
+
+def size_bucket(tokens: int) -> str:
+    """The ``le`` label (Prometheus spelling: ``25.0``, ``+Inf``) of a length in tokens."""
+    return floatToGoString(next(e for e in SIZE_EDGES if tokens <= e))
 
 
 class GatewayMetrics:
@@ -69,6 +89,47 @@ class GatewayMetrics:
             "completions being generated now",
             registry=self.registry,
         )
+        # What the GPU planner reads (names fixed by lmaas.placement.metrics).
+        self._sized: set[tuple[str, str]] = set()
+        self.request_prompt_tokens = Histogram(
+            "lmaas_request_prompt_tokens",
+            "prompt tokens of finished requests, by base model and service",
+            ["model", "service"],
+            buckets=SIZE_EDGES,
+            registry=self.registry,
+        )
+        self.request_completion_tokens = Histogram(
+            "lmaas_request_completion_tokens",
+            "completion tokens of finished requests, by base model and service",
+            ["model", "service"],
+            buckets=SIZE_EDGES,
+            registry=self.registry,
+        )
+        self.request_size = Counter(
+            "lmaas_request_size",
+            "finished requests by prompt and completion size bucket (the joint histogram)",
+            ["model", "service", "prompt_le", "completion_le"],
+            registry=self.registry,
+        )
+
+    def observe_request_size(
+        self, model: str, service: str | None, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """Record one finished request's exact sizes (once per request)."""
+        where = service or ""
+        if (model, where) not in self._sized:
+            # Every cell of the joint histogram exists from the first request on, so a
+            # reader sees the whole grid (its edges), not only the cells that had requests.
+            self._sized.add((model, where))
+            edges = [floatToGoString(e) for e in SIZE_EDGES]
+            for prompt_le in edges:
+                for completion_le in edges:
+                    self.request_size.labels(model, where, prompt_le, completion_le)
+        self.request_prompt_tokens.labels(model, where).observe(prompt_tokens)
+        self.request_completion_tokens.labels(model, where).observe(completion_tokens)
+        self.request_size.labels(
+            model, where, size_bucket(prompt_tokens), size_bucket(completion_tokens)
+        ).inc()
 
 
 def _route_label(scope: Scope) -> str:

@@ -2,16 +2,19 @@
 
 Two small pieces behind two seams:
 
-- `ReplicaSource` answers "which replicas of model M are ready?", waiting while there are
-  none (model loading; scale from zero). `StaticReplicaSource` is the fixed URL list of
-  ``LMAAS_RUNTIME_URLS``; the activator implements the same protocol for services scaled to
-  zero.
-- `pick_replica` chooses among them (pure, unit-tested): a replica that already holds the
-  adapter, unless it is busier than the least loaded one by more than `affinity_slack`
-  requests; otherwise the least loaded.
+- `ReplicaSource` answers "which replicas of model M are ready for tenant T?", waiting
+  while there are none (model loading; scale from zero). `StaticReplicaSource` is the fixed
+  URL list of ``LMAAS_RUNTIME_URLS`` (shared by every tenant); the activator implements the
+  same protocol for services scaled to zero, and on Kubernetes prefers the tenant's own
+  ModelService over a shared one, never another tenant's.
+- `pick_replica` chooses among them (pure, unit-tested): a replica the adapter was placed
+  on (the Adapter's ``status.loadedOn``), else one that already holds it — in each case
+  unless it is busier than the least loaded one by more than `affinity_slack` requests —
+  otherwise the least loaded.
 
-`Router.acquire` combines them and returns a `Lease` that counts the request in flight on
-its replica until released.
+`Router.acquire` combines them, counts the requests of each adapter (the gateway reports
+their rate to the operator, which places adapters by it) and returns a `Lease` that counts
+the request in flight on its replica until released.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,10 +36,19 @@ __all__ = [
     "ReplicaSource",
     "Router",
     "StaticReplicaSource",
+    "TenantRef",
     "pick_replica",
 ]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TenantRef:
+    """The tenant a request is routed for: its id (database) and name (``lmaas.io/tenant``)."""
+
+    id: str
+    name: str
 
 
 @dataclass(eq=False)
@@ -47,16 +60,27 @@ class Replica:
     ready: bool = False
     in_flight: int = 0
     adapter_ids: set[str] = field(default_factory=set)
+    """Adapters the runtime said it holds (refreshed by probes; a hint)."""
+    placed_adapters: set[str] = field(default_factory=set)
+    """Adapters the operator placed on this replica (their ``status.loadedOn``)."""
+    service: str | None = None
+    """The scaled service the replica belongs to (the activator's key), if any."""
+    pod: str | None = None
+    """Its pod's name on Kubernetes."""
     checked_at: float = float("-inf")
 
 
 class ReplicaSource(Protocol):
     """Where replicas come from: the seam for the activator (scale from zero)."""
 
-    async def ready_replicas(self, model: str) -> Sequence[Replica]:
-        """The ready replicas serving `model`, waiting for one if there is none yet.
+    async def ready_replicas(
+        self, model: str, tenant: TenantRef | None = None
+    ) -> Sequence[Replica]:
+        """The ready replicas serving `model` for `tenant`, waiting for one if there is none.
 
-        Raises `ServiceUnavailable` when none becomes ready in time.
+        A source with services of several tenants returns the tenant's own service of the
+        model if it has one, else a shared one, and never another tenant's (`tenant` None:
+        shared services only). Raises `ServiceUnavailable` when none becomes ready in time.
         """
         ...
 
@@ -84,11 +108,13 @@ def pick_replica(
     least = min(replicas, key=load)
     if adapter_id is None:
         return least
+    placed = [r for r in replicas if adapter_id in r.placed_adapters]
     holders = [r for r in replicas if adapter_id in r.adapter_ids]
-    if holders:
-        best = min(holders, key=load)
-        if best.in_flight <= least.in_flight + affinity_slack:
-            return best
+    for tier in (placed, holders):
+        if tier:
+            best = min(tier, key=load)
+            if best.in_flight <= least.in_flight + affinity_slack:
+                return best
     return least
 
 
@@ -107,15 +133,35 @@ class Lease:
 
 
 class Router:
-    """Picks and leases replicas from a `ReplicaSource`."""
+    """Picks and leases replicas from a `ReplicaSource`.
 
-    def __init__(self, source: ReplicaSource, *, affinity_slack: int = 4) -> None:
+    `adapter_requests` counts the requests routed to each adapter since start (shared with
+    whoever reports adapter traffic).
+    """
+
+    def __init__(
+        self,
+        source: ReplicaSource,
+        *,
+        affinity_slack: int = 4,
+        adapter_requests: Counter[str] | None = None,
+    ) -> None:
         self.source = source
         self.affinity_slack = affinity_slack
+        self.adapter_requests: Counter[str] = (
+            adapter_requests if adapter_requests is not None else Counter()
+        )
 
-    async def acquire(self, model: str, adapter_id: str | None) -> Lease:
-        """Lease a ready replica of `model` for a request using `adapter_id` (may wait)."""
-        candidates = await self.source.ready_replicas(model)
+    def count_request(self, adapter_id: str | None) -> None:
+        """One request for `adapter_id` was admitted (call once per request, not per try)."""
+        if adapter_id is not None:
+            self.adapter_requests[adapter_id] += 1
+
+    async def acquire(
+        self, model: str, adapter_id: str | None, tenant: TenantRef | None = None
+    ) -> Lease:
+        """Lease a ready replica of `model` for `tenant`'s request using `adapter_id`."""
+        candidates = await self.source.ready_replicas(model, tenant)
         if not candidates:
             raise ServiceUnavailable(
                 f"no runtime replica for {model} is reachable; retry shortly",
@@ -176,7 +222,10 @@ class StaticReplicaSource:
             if stale:
                 await asyncio.gather(*(self._probe(r) for r in stale))
 
-    async def ready_replicas(self, model: str) -> Sequence[Replica]:
+    async def ready_replicas(
+        self, model: str, tenant: TenantRef | None = None
+    ) -> Sequence[Replica]:
+        # Fixed runtime URLs are shared by every tenant: `tenant` changes nothing.
         deadline = time.monotonic() + self._wait_s
         while True:
             await self._refresh()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
@@ -14,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from lmaas.config import Settings
 from lmaas.gateway.observability import GatewayMetrics
 from lmaas.gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
-from lmaas.gateway.routing import ReplicaSource, Router, StaticReplicaSource
+from lmaas.gateway.routing import ReplicaSource, Router, StaticReplicaSource, TenantRef
 from lmaas.gateway.runtime_client import RuntimeClient
 from lmaas.protocol import RuntimeInfo
 from lmaas.store import Database, ServedModel
@@ -39,11 +40,12 @@ class GatewayState:
     admin_token: str
     _infos: dict[str, RuntimeInfo] = field(default_factory=dict)
 
-    async def model_info(self, model: str) -> RuntimeInfo:
-        """The runtime's description of base model `model` (cached; waits for a replica)."""
+    async def model_info(self, model: str, tenant: TenantRef | None = None) -> RuntimeInfo:
+        """The runtime's description of base model `model` (cached; waits for a replica of
+        `tenant`'s service of it)."""
         info = self._infos.get(model)
         if info is None:
-            lease = await self.router.acquire(model, None)
+            lease = await self.router.acquire(model, None, tenant)
             try:
                 info = await self.client.info(lease.replica.url)
             finally:
@@ -90,6 +92,7 @@ async def build_state(
     db = await asyncio.to_thread(Database, settings.resolved_database_url)
     await asyncio.to_thread(_register_base_model, db, settings)
     client = RuntimeClient(transport=runtime_transport, timeout_s=settings.request_timeout_s)
+    adapter_requests: Counter[str] = Counter()
     source: ReplicaSource
     if replica_source is not None:
         source = replica_source
@@ -100,7 +103,9 @@ async def build_state(
     else:
         from lmaas.gateway.activator import build_activator
 
-        source = await build_activator(settings, client, metrics.registry)
+        source = await build_activator(
+            settings, client, metrics.registry, adapter_requests=adapter_requests
+        )
     limiter: RateLimiter = (
         RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix)
         if settings.redis_url
@@ -112,7 +117,7 @@ async def build_state(
         artifacts=ArtifactStore(settings.resolved_artifact_url),
         limiter=limiter,
         client=client,
-        router=Router(source),
+        router=Router(source, adapter_requests=adapter_requests),
         metrics=metrics,
         celery=create_celery(settings),
         admin_token=settings.resolved_admin_token(),

@@ -2,10 +2,14 @@
 
 `Activator` is the gateway's `ReplicaSource` when ``LMAAS_SCALE_BACKEND`` is `embedded`
 (runtime processes on this machine, `lmaas up`) or `kubernetes` (ModelService
-Deployments); `build_activator` makes the one the settings ask for.
+Deployments); `build_activator` makes the one the settings ask for. On Kubernetes it also
+runs `AdapterTraffic`: the router's per-adapter request counts become each Adapter's
+``lmaas.io/request-rate``, and the Adapters' placement steers routing.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 from prometheus_client import CollectorRegistry
 
@@ -28,9 +32,16 @@ __all__ = [
 
 
 async def build_activator(
-    settings: Settings, client: RuntimeClient, registry: CollectorRegistry
+    settings: Settings,
+    client: RuntimeClient,
+    registry: CollectorRegistry,
+    *,
+    adapter_requests: Counter[str] | None = None,
 ) -> Activator:
-    """The started activator of ``settings.scale_backend`` (`embedded` or `kubernetes`)."""
+    """The started activator of ``settings.scale_backend`` (`embedded` or `kubernetes`).
+
+    `adapter_requests` are the router's requests per adapter (Kubernetes: reported to the
+    Adapters as their request rates)."""
     backend: ScaleBackend
     prewarm: list[str] = []
     poll_s = 0.25  # a local process: poll its /readyz often
@@ -41,13 +52,32 @@ async def build_activator(
         if settings.runtime_prewarm:
             prewarm.append(settings.model_name)
     elif settings.scale_backend == "kubernetes":
+        from lmaas.gateway.activator.adapter_traffic import (
+            AdapterCounts,
+            AdapterTraffic,
+            LocalAdapterCounts,
+            RedisAdapterCounts,
+        )
         from lmaas.gateway.activator.kube_api import KubeApi
         from lmaas.gateway.activator.kubernetes import KubernetesBackend
 
+        api = KubeApi(settings.kube_api_url)
+        requests = adapter_requests if adapter_requests is not None else Counter()
+        counts: AdapterCounts = (
+            RedisAdapterCounts(requests, settings.redis_url, prefix=settings.redis_prefix)
+            if settings.redis_url
+            else LocalAdapterCounts(requests)
+        )
         backend = KubernetesBackend(
-            KubeApi(settings.kube_api_url),
+            api,
             namespace=settings.kube_namespace,
             default_idle_timeout_s=settings.idle_timeout_s,
+            adapters=AdapterTraffic(
+                api,
+                counts,
+                namespace=settings.kube_namespace,
+                period_s=settings.adapter_rate_period_s,
+            ),
         )
         poll_s = 1.0  # each poll LISTs Services and EndpointSlices: spare the API server
     else:

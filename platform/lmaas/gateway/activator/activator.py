@@ -7,9 +7,15 @@ request — once, to a ready replica. Requests arriving during a cold start wait
 activation (one scale-up call, not one per request). A request still held after
 ``LMAAS_ACTIVATION_TIMEOUT_S`` is answered 503 with ``Retry-After``; it was never sent.
 
-A background loop refreshes the replicas of warm services and scales a service to zero
-once it has been idle — nothing held, nothing in flight on its replicas, no scaling under
-way — for its idle timeout. A scale-down first withdraws the replicas from routing, so a
+Which service holds a model's replicas depends on the tenant asking (`ScaleBackend.lookup`:
+its own service first, else a shared one, never another tenant's); lookups are cached per
+(model, tenant) for `lookup_ttl_s`.
+
+A background loop refreshes the replicas of warm services, keeps a running service at its
+plan (`ScaleBackend.follow_plan`: the operator may re-plan a live service; for a serverless
+one the activator alone writes the replica counts, the operator only the plan), and scales
+a service to zero once it has been idle — nothing held, nothing in flight on its
+replicas, no scaling under way — for its idle timeout. A scale-down first withdraws the replicas from routing, so a
 request arriving meanwhile waits for the next scale-up instead of reaching a stopping
 replica.
 
@@ -33,7 +39,7 @@ from lmaas.gateway.activator.metrics import ActivatorMetrics
 from lmaas.gateway.activator.prober import ReplicaProber
 from lmaas.gateway.activator.service_state import ServiceState
 from lmaas.gateway.errors import ApiError, ServiceUnavailable
-from lmaas.gateway.routing import Replica
+from lmaas.gateway.routing import Replica, TenantRef
 from lmaas.gateway.runtime_client import RuntimeClient
 
 __all__ = ["ActivationFailed", "Activator"]
@@ -87,7 +93,7 @@ class Activator:
         self._lookup_ttl_s = lookup_ttl_s
         self._tick_s = tick_s
         self._services: dict[str, ServiceState] = {}
-        self._lookups: dict[str, _Lookup] = {}
+        self._lookups: dict[tuple[str, str | None], _Lookup] = {}
         self._lookup_lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self._deactivations: set[asyncio.Task[None]] = set()
@@ -122,8 +128,10 @@ class Activator:
 
     # ReplicaSource -------------------------------------------------------------------
 
-    async def ready_replicas(self, model: str) -> Sequence[Replica]:
-        service = await self._service(model)
+    async def ready_replicas(
+        self, model: str, tenant: TenantRef | None = None
+    ) -> Sequence[Replica]:
+        service = await self._service(model, tenant)
         service.held += 1
         self.metrics.held.labels(service.key).inc()
         try:
@@ -146,14 +154,15 @@ class Activator:
         """The activator's view of service `key` (for status displays and tests)."""
         return self._services.get(key)
 
-    async def _service(self, model: str) -> ServiceState:
+    async def _service(self, model: str, tenant: TenantRef | None = None) -> ServiceState:
         now = time.monotonic()
-        cached = self._lookups.get(model)
+        where = (model, None if tenant is None else tenant.name)
+        cached = self._lookups.get(where)
         if cached is None or now - cached.at >= self._lookup_ttl_s:
             async with self._lookup_lock:
-                cached = self._lookups.get(model)
+                cached = self._lookups.get(where)
                 if cached is None or time.monotonic() - cached.at >= self._lookup_ttl_s:
-                    cached = await self._lookup(model, cached)
+                    cached = await self._lookup(model, tenant, cached)
         if cached.key is None:
             raise ServiceUnavailable(
                 f"no runtime service serves the model `{model}`: deploy one (a ModelService "
@@ -163,9 +172,11 @@ class Activator:
             )
         return self._services[cached.key]
 
-    async def _lookup(self, model: str, previous: _Lookup | None) -> _Lookup:
+    async def _lookup(
+        self, model: str, tenant: TenantRef | None, previous: _Lookup | None
+    ) -> _Lookup:
         try:
-            info = await self.backend.lookup(model)
+            info = await self.backend.lookup(model, tenant)
         except BackendError as exc:
             if previous is not None and previous.key is not None:
                 log.warning(
@@ -191,7 +202,7 @@ class Activator:
             else:
                 service.info = info
             found = _Lookup(info.key, time.monotonic())
-        self._lookups[model] = found
+        self._lookups[(model, None if tenant is None else tenant.name)] = found
         return found
 
     # Holding and activating ------------------------------------------------------------
@@ -327,6 +338,7 @@ class Activator:
             return
         if service.replicas and now - service.checked_at >= self._refresh_s:
             await self._prober.probe(service)
+        await self._follow_plan(service)
         now = time.monotonic()
         if service.should_scale_to_zero(now) and not await self._busy_elsewhere(service, now):
             task = asyncio.create_task(
@@ -335,6 +347,21 @@ class Activator:
             )
             self._deactivations.add(task)
             task.add_done_callback(self._deactivations.discard)
+
+    async def _follow_plan(self, service: ServiceState) -> None:
+        """Keep a running service at its plan, every `rescale_s` (the plan may change)."""
+        now = time.monotonic()
+        if not service.active or now - service.followed_at < self._rescale_s:
+            return
+        if service.scale_lock.locked():
+            return  # scaling up or down right now
+        service.followed_at = now
+        async with service.scale_lock:
+            before, after = await self.backend.follow_plan(service.info)
+        if before != after:
+            direction = "up" if after > before else "down"
+            self.metrics.scale_events.labels(service.key, direction).inc()
+            log.info("%s: to its plan, %d → %d replica(s)", service.key, before, after)
 
     async def _share_activity(self, service: ServiceState, now: float) -> None:
         """Tell the other gateways this one is using the service (at most every few s)."""

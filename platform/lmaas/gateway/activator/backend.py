@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from lmaas.gateway.routing import TenantRef
+
 __all__ = ["BackendError", "ScaleBackend", "ServiceInfo"]
 
 
@@ -34,6 +36,8 @@ class ServiceInfo:
     model: str
     scale_to_zero: bool
     idle_timeout_s: float
+    tenant: str | None = None
+    """The tenant owning the service (its name); None = shared by every tenant."""
 
 
 class ScaleBackend(Protocol):
@@ -43,8 +47,12 @@ class ScaleBackend(Protocol):
         """Prepare (clean up what a previous gateway left behind)."""
         ...
 
-    async def lookup(self, model: str) -> ServiceInfo | None:
-        """The service serving `model`, or None when nothing does."""
+    async def lookup(self, model: str, tenant: TenantRef | None = None) -> ServiceInfo | None:
+        """The service serving `model` to `tenant`, or None when nothing does.
+
+        The tenant's own service of the model first, else a shared one; never another
+        tenant's (`tenant` None: shared services only).
+        """
         ...
 
     async def current_replicas(self, service: ServiceInfo) -> int:
@@ -53,6 +61,12 @@ class ScaleBackend(Protocol):
 
     async def scale_up(self, service: ServiceInfo) -> int:
         """Ask for the service's active size (no-op if already there); returns that size."""
+        ...
+
+    async def follow_plan(self, service: ServiceInfo) -> tuple[int, int]:
+        """Bring a service that runs (replicas > 0) to its current plan, which may have
+        changed since it was scaled up; a service at zero stays at zero. Returns the
+        replicas asked for before and after."""
         ...
 
     async def scale_to_zero(self, service: ServiceInfo) -> None:
@@ -65,6 +79,10 @@ class ScaleBackend(Protocol):
 
     async def discard(self, service: ServiceInfo, url: str) -> None:
         """The replica at `url` failed for good (its model cannot load): replace it."""
+        ...
+
+    def placed_adapters(self, url: str) -> set[str]:
+        """Ids of the adapters placed on the replica at `url` (routing prefers it for them)."""
         ...
 
     async def aclose(self) -> None:

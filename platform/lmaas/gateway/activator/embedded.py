@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from lmaas.config import Settings
 from lmaas.gateway.activator.backend import BackendError, ServiceInfo
 from lmaas.gateway.activator.runtime_process import RuntimeProcess, reap_orphans
+from lmaas.gateway.routing import TenantRef
 
 __all__ = ["EmbeddedBackend", "runtime_env"]
 
@@ -91,7 +92,8 @@ class EmbeddedBackend:
         if stopped:
             log.warning("stopped %d runtime(s) a previous gateway left running", len(stopped))
 
-    async def lookup(self, model: str) -> ServiceInfo | None:
+    async def lookup(self, model: str, tenant: TenantRef | None = None) -> ServiceInfo | None:
+        # One service, shared by every tenant of this machine.
         if model != self.settings.model_name:
             return None
         idle = self.settings.idle_timeout_s
@@ -116,6 +118,10 @@ class EmbeddedBackend:
                 self._processes.append(process)
         return self.replicas
 
+    async def follow_plan(self, service: ServiceInfo) -> tuple[int, int]:
+        alive = len(self._alive())  # a fixed size: nothing to follow
+        return alive, alive
+
     async def scale_to_zero(self, service: ServiceInfo) -> None:
         await self._stop(list(self._processes))
 
@@ -124,6 +130,9 @@ class EmbeddedBackend:
 
     async def discard(self, service: ServiceInfo, url: str) -> None:
         await self._stop([p for p in self._processes if p.url == url])
+
+    def placed_adapters(self, url: str) -> set[str]:
+        return set()  # adapters load on demand; nothing places them
 
     async def _stop(self, processes: list[RuntimeProcess]) -> None:
         async with self._lock:

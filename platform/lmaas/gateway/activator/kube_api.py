@@ -1,9 +1,13 @@
-"""The few Kubernetes API calls the activator makes, over httpx.
+"""The few Kubernetes API calls the gateway makes, over httpx.
 
 In a pod it finds the API server from ``KUBERNETES_SERVICE_HOST``/``_PORT`` and
 authenticates with the service-account token (re-read every minute: bound tokens rotate),
 verifying the server with the service-account CA. `LMAAS_KUBE_API_URL` points it elsewhere
 (the tests' stand-in). Errors come out as `BackendError` with the server's own message.
+
+`API_CALLS` lists every (verb, API group, resource) the gateway's code calls: the chart's
+gateway ClusterRole grants exactly these, and the tests check both against the calls the
+gateway really makes (the requests carry the user agent ``lmaas-gateway/<version>``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,26 @@ from typing import Any
 
 import httpx
 
+from lmaas import __version__
 from lmaas.gateway.activator.backend import BackendError
 
-__all__ = ["KubeApi"]
+__all__ = ["API_CALLS", "USER_AGENT", "KubeApi"]
+
+USER_AGENT = f"lmaas-gateway/{__version__}"
+
+API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        # The activator: a model's services, their pods' addresses, scaling.
+        ("list", "apps", "deployments"),
+        ("patch", "apps", "deployments/scale"),
+        ("list", "", "services"),
+        ("list", "discovery.k8s.io", "endpointslices"),
+        # Adapter traffic: where each Adapter is placed; its request-rate annotation.
+        ("list", "lmaas.io", "adapters"),
+        ("patch", "lmaas.io", "adapters"),
+    }
+)
+"""(verb, API group, resource) of every call `KubeApi` makes: the gateway's RBAC."""
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _TOKEN_TTL_S = 60.0
@@ -52,6 +73,7 @@ class KubeApi:
             transport=transport,
             timeout=timeout_s,
             verify=str(ca) if ca.is_file() else True,
+            headers={"User-Agent": USER_AGENT},
         )
 
     def _auth(self) -> dict[str, str]:
@@ -103,6 +125,24 @@ class KubeApi:
             "PATCH",
             f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
             json={"spec": {"replicas": replicas}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+
+    async def patch_annotations(
+        self,
+        group_version: str,
+        plural: str,
+        *,
+        namespace: str,
+        name: str,
+        annotations: dict[str, str],
+    ) -> None:
+        """Merge `annotations` into an object's (a JSON merge patch of its metadata only)."""
+        root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        await self._call(
+            "PATCH",
+            f"{root}/namespaces/{namespace}/{plural}/{name}",
+            json={"metadata": {"annotations": annotations}},
             headers={"Content-Type": "application/merge-patch+json"},
         )
 

@@ -2,7 +2,8 @@
 
 The backend says which replicas exist; each runtime's own ``/readyz`` says whether it is
 ready (and, if its model failed to load, why); ``/internal/info`` says which model it
-serves and ``/internal/adapters`` which adapters it holds (a routing hint). A replica
+serves and ``/internal/adapters`` which adapters it holds (a routing hint); the backend
+says which adapters were placed on it (the Adapters' ``status.loadedOn``). A replica
 serving another model than its service's is never marked ready.
 """
 
@@ -42,7 +43,8 @@ class ReplicaProber:
                 if url not in urls:
                     service.retire(url)
             for url in urls:
-                service.replicas.setdefault(url, Replica(url=url))
+                replica = service.replicas.setdefault(url, Replica(url=url, service=service.key))
+                replica.placed_adapters = self._backend.placed_adapters(url)
             await asyncio.gather(
                 *(self._probe_replica(service, r) for r in service.replicas.values())
             )

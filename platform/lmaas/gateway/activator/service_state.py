@@ -41,6 +41,8 @@ class ServiceState:
     last_cold_start_s: float | None = None
     shared_at: float = float("-inf")
     """When this gateway last told the others (the activity ledger) it uses the service."""
+    followed_at: float = float("-inf")
+    """When the running service was last brought to its plan."""
     scale_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _retired: list[Replica] = field(default_factory=list)

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from lmaas.gateway.deps import StateDep, TenantRepo
 from lmaas.gateway.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from lmaas.gateway.generation import base_model_names
+from lmaas.gateway.routing import TenantRef
 from lmaas.gateway.schemas.adapters import AdapterList, AdapterPublic, Deleted
 from lmaas.gateway.state import GatewayState
 from lmaas.gateway.uploads import ValidatedAdapter, receive_upload, validate_upload
@@ -132,7 +133,7 @@ async def upload_adapter(request: Request, repo: TenantRepo, state: StateDep) ->
         model = await run_in_threadpool(
             _precheck, repo, name, upload.fields.get("model"), settings.model_name
         )
-        info = await state.model_info(model)
+        info = await state.model_info(model, TenantRef(repo.tenant.id, repo.tenant.name))
         checked = await run_in_threadpool(
             validate_upload,
             upload,
