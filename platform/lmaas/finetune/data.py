@@ -10,7 +10,8 @@ the tokens of assistant messages (the only ones the loss sees). Assistant spans 
 without knowing the template: the conversation is rendered up to each assistant message
 (with the generation prompt) and up to its end; the characters in between are the
 message as the template writes it, end-of-turn marker included. Templates that re-render
-earlier turns differently (prefixes not stable) get one sequence per assistant turn.
+earlier turns differently (prefixes not stable) get one sequence per assistant turn, each
+ending with that turn, whose content is found in the rendered text.
 """
 
 from __future__ import annotations
@@ -244,6 +245,16 @@ def _assistant_span(
     return None
 
 
+def _last_message_span(text: str, content: str) -> tuple[int, int] | None:
+    """The span of the last message in `text`: its content (as the template wrote it) to the
+    end of the text (the end-of-turn marker included)."""
+    for needle in (content, content.strip()):
+        at = text.rfind(needle)
+        if needle and at >= 0:
+            return at, len(text)
+    return None
+
+
 def _encode(
     tokenizer: Any, text: str, spans: Sequence[tuple[int, int]]
 ) -> tuple[list[int], list[bool]]:
@@ -281,7 +292,7 @@ def tokenize_example(
         texts = []
         for i in trained:
             part = _render(tokenizer, messages[: i + 1], False)
-            span = _assistant_span(tokenizer, messages, i, part)
+            span = _last_message_span(part, messages[i]["content"])
             if span is None:
                 raise ValueError(
                     f"line {line}: cannot locate assistant message {i} in the rendered chat "
