@@ -3,6 +3,7 @@ SIGKILL), idempotence."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -62,7 +63,7 @@ def test_learning_rate_schedule_warms_up_then_decays() -> None:
     lrs = [learning_rate_at(s, 100, 1.0, 0.05) for s in range(100)]
     assert lrs[0] < lrs[4] < lrs[5] == 1.0
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
-    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[5:]))
 
 
 def test_bad_data_fails_with_the_line_number(tiny_llama_dir: Path, tmp_path: Path) -> None:
