@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 HELM   := node_modules/.bin/helm
+LINT_PATHS := $(wildcard platform operators tests bench)
 
 .PHONY: venv up test test-slow lint format bench tools clean
 
@@ -32,12 +33,12 @@ test-slow: venv tools
 	$(PY) -m pytest -m slow
 
 lint: venv
-	$(VENV)/bin/ruff check platform operators tests bench
-	$(VENV)/bin/ruff format --check platform operators tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 format: venv
-	$(VENV)/bin/ruff check --fix platform operators tests bench
-	$(VENV)/bin/ruff format platform operators tests bench
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

@@ -102,3 +102,11 @@ def redis_url() -> str:
 def redis_prefix() -> str:
     """A key prefix (and Celery queue suffix) that no other test run uses."""
     return f"lmaas-test-{SESSION_TAG}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama (2 layers, hidden 64, ~320-token BPE, ChatML template), once."""
+    from tests.helpers.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")

@@ -1,11 +1,15 @@
 """The `lmaas` command: run the platform's processes and administer it.
 
-Commands import what they need when they run, so `lmaas --help` stays fast.
+Each group of commands lives in `lmaas.commands.<group>`; registering one is one line below.
+Command modules import heavy dependencies inside their functions, so `lmaas --help` stays fast.
 """
 
 from __future__ import annotations
 
 import typer
+
+from lmaas.commands import serve, tenants
+from lmaas.placement.cli import register as register_placement
 
 __all__ = ["app", "main"]
 
@@ -20,6 +24,20 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """lmaas: multi-tenant LLM-as-a-service."""
+
+
+# Processes.
+app.command("up")(serve.up)
+app.command("gateway")(serve.gateway)
+app.command("runtime")(serve.runtime)
+app.command("worker")(serve.worker)
+
+# Administration (works on the database directly; no running gateway needed).
+app.add_typer(tenants.tenant_app, name="tenant")
+app.add_typer(tenants.key_app, name="key")
+
+# GPU planning: lmaas plan, lmaas profile.
+register_placement(app)
 
 
 @app.command("config-table")

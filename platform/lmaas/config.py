@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         default=None,
         description="Redis for rate limits and live load signals; unset = in-process (one gateway).",
     )
+    redis_prefix: str = Field(
+        default="lmaas",
+        description="Prefix of every Redis key lmaas writes (to share one Redis between deployments).",
+    )
+    task_queue: str = Field(
+        default="lmaas",
+        description="Celery queue the gateway sends background tasks to and the worker consumes.",
+    )
     artifact_url: str | None = Field(
         default=None,
         description="fsspec URL where adapters, files and checkpoints are stored; "
@@ -89,15 +97,22 @@ class Settings(BaseSettings):
     model_name: str = Field(
         default=DEFAULT_MODEL_NAME, description="Name under which the base model is served."
     )
+    engine: str = Field(
+        default="reference",
+        description="Inference engine of the runtime: `reference` (transformers + peft, one "
+        "request at a time).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Device of the runtime engine."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="Weights dtype: auto = bfloat16 where the CPU/GPU supports it, else float32.",
+        description="Weights dtype: auto = the engine's choice (bfloat16 on GPUs that support it; "
+        "the reference engine keeps float32 on CPU).",
     )
     max_adapter_bytes: int = Field(
-        default=256 * 1024 * 1024, description="Largest adapter archive accepted (bytes)."
+        default=256 * 1024 * 1024,
+        description="Largest adapter accepted (bytes), both as uploaded archive and unpacked.",
     )
     max_file_bytes: int = Field(
         default=64 * 1024 * 1024, description="Largest fine-tune data file accepted (bytes)."
@@ -117,6 +132,11 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(
         default=600.0, description="Longest time the gateway waits on a runtime for one request."
+    )
+    replica_wait_s: float = Field(
+        default=300.0,
+        description="Longest time a request waits for a ready runtime replica (model loading, "
+        "scale from zero) before it fails with 503.",
     )
     log_level: str = Field(default="INFO", description="Log level of every process.")
 

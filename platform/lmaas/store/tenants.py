@@ -20,22 +20,35 @@ from lmaas.store.models import ApiKey, Tenant, utcnow
 
 __all__ = [
     "KEY_PREFIX",
+    "QUOTA_FIELDS",
     "IssuedKey",
+    "TenantExistsError",
     "TenantNameError",
     "authenticate_key",
     "create_tenant",
+    "delete_tenant",
+    "get_key",
+    "get_tenant",
     "hash_key",
     "issue_key",
+    "list_keys",
+    "list_tenants",
     "revoke_key",
+    "update_quotas",
     "validate_tenant_name",
 ]
 
 KEY_PREFIX = "sk-lmaas-"
+QUOTA_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_adapters", "max_concurrent_jobs")
 TENANT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class TenantNameError(ValueError):
     """A tenant name that cannot be used (it becomes a Kubernetes namespace and a URL part)."""
+
+
+class TenantExistsError(ValueError):
+    """A tenant of that name exists already."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +82,27 @@ def create_tenant(
     max_adapters: int | None = None,
     max_concurrent_jobs: int | None = None,
 ) -> Tenant:
-    """Add a tenant with the given quotas (settings' defaults where not given)."""
+    """Add a tenant with the given quotas (settings' defaults where not given).
+
+    Raises `TenantNameError` for an invalid name and `TenantExistsError` for a taken one.
+    """
+    name = validate_tenant_name(name)
+    if get_tenant(session, name) is not None:
+        raise TenantExistsError(f"tenant {name!r} already exists")
     tenant = Tenant(
-        name=validate_tenant_name(name),
-        requests_per_minute=requests_per_minute or settings.default_requests_per_minute,
-        tokens_per_minute=tokens_per_minute or settings.default_tokens_per_minute,
-        max_adapters=max_adapters or settings.default_max_adapters,
-        max_concurrent_jobs=max_concurrent_jobs or settings.default_max_concurrent_jobs,
+        name=name,
+        requests_per_minute=settings.default_requests_per_minute,
+        tokens_per_minute=settings.default_tokens_per_minute,
+        max_adapters=settings.default_max_adapters,
+        max_concurrent_jobs=settings.default_max_concurrent_jobs,
+    )
+    update_quotas(
+        session,
+        tenant,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        max_adapters=max_adapters,
+        max_concurrent_jobs=max_concurrent_jobs,
     )
     session.add(tenant)
     session.flush()
@@ -111,3 +138,45 @@ def authenticate_key(session: Session, secret: str) -> Tenant | None:
 def revoke_key(session: Session, key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+
+
+def get_tenant(session: Session, name: str) -> Tenant | None:
+    return session.execute(select(Tenant).where(Tenant.name == name)).scalar_one_or_none()
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    return list(session.execute(select(Tenant).order_by(Tenant.created_at, Tenant.name)).scalars())
+
+
+def update_quotas(session: Session, tenant: Tenant, **quotas: int | None) -> Tenant:
+    """Set the given quotas (None = unchanged); each must be a positive integer."""
+    for field, value in quotas.items():
+        if field not in QUOTA_FIELDS:
+            raise ValueError(f"unknown quota {field!r}; quotas are {', '.join(QUOTA_FIELDS)}")
+        if value is None:
+            continue
+        if value < 1:
+            raise ValueError(f"{field} must be at least 1, got {value}")
+        setattr(tenant, field, value)
+    session.flush()
+    return tenant
+
+
+def delete_tenant(session: Session, tenant: Tenant) -> None:
+    """Delete a tenant and, by cascade, its keys, adapters, usage, files and jobs rows."""
+    session.delete(tenant)
+    session.flush()
+
+
+def list_keys(session: Session, tenant: Tenant) -> list[ApiKey]:
+    return list(
+        session.execute(
+            select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.created_at)
+        ).scalars()
+    )
+
+
+def get_key(session: Session, tenant: Tenant, key_id: str) -> ApiKey | None:
+    return session.execute(
+        select(ApiKey).where(ApiKey.tenant_id == tenant.id, ApiKey.id == key_id)
+    ).scalar_one_or_none()
