@@ -203,3 +203,48 @@ def test_lora_export_reproduces_the_delta_within_the_energy(
         plain = base(input_ids=batch.input_ids, use_cache=False).logits
         adapted = model(input_ids=batch.input_ids, use_cache=False).logits
     assert not torch.allclose(plain, adapted, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_kernels_compute_what_the_eager_ones_do(tiny_llama_dir: Path) -> None:
+    """The fused (torch.compile) path: same noise (hash RNG), same steps, same weights."""
+    batch = a_batch(tiny_llama_dir)
+    runs = []
+    for fused in (False, True):
+        qft = quantize_model(load(tiny_llama_dir), compute_dtype=torch.float32, fused=fused)
+        opt = QFTLion(qft.weights, qft.small_params, lr=3e-3, fused=fused)
+        losses = []
+        for _ in range(4):
+            opt.begin_step()
+            loss = causal_lm_loss(qft.model, batch)
+            loss.backward()
+            opt.end_step()
+            losses.append(float(loss.detach()))
+        runs.append((losses, {n: w.dense.data.clone() for n, w in qft.weights.items()}))
+    (eager_losses, eager_w), (fused_losses, fused_w) = runs
+    assert fused_losses == pytest.approx(eager_losses, rel=1e-5)
+    same = sum(int((eager_w[n] == fused_w[n]).sum()) for n in eager_w)
+    assert same / sum(w.numel() for w in eager_w.values()) > 0.999
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fused", [False, True])
+def test_qft_trains_on_cuda_with_the_same_code(tiny_llama_dir: Path, fused: bool) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).cuda()
+    qft = quantize_model(model, fused=fused)
+    assert qft.compute_dtype in (torch.bfloat16, torch.float16)
+    opt = QFTLion(qft.weights, qft.small_params, lr=3e-3, fused=fused)
+    batch = a_batch(tiny_llama_dir).to("cuda")
+    losses = []
+    for _ in range(8):
+        opt.begin_step()
+        loss = causal_lm_loss(qft.model, batch)
+        loss.backward()
+        opt.end_step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    assert all(
+        w.dense.data.is_cuda and w.dense.data.dtype == torch.int8 for w in qft.weights.values()
+    )

@@ -55,7 +55,7 @@ def test_hyperparameters_name_the_bad_field() -> None:
     hp = parse_hyperparameters({"learning_rate_multiplier": 2}, method="qft")
     resolved = resolve(hp, num_examples=5000)
     assert (resolved.n_epochs, resolved.batch_size) == (3, 10)
-    assert resolved.learning_rate == pytest.approx(2e-5)
+    assert resolved.learning_rate == pytest.approx(4e-5)
     assert resolve(parse_hyperparameters(None), 3).batch_size == 1
 
 

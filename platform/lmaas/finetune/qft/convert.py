@@ -130,6 +130,8 @@ def quantize_model(
     by_param.clear()
     small = {name: p for name, p in model.named_parameters()}
     for p in small.values():
-        p.data = p.data.float()
+        # a copy: a loaded parameter may be a view of the checkpoint file's memory map, which
+        # would otherwise stay mapped (and resident) for the whole run
+        p.data = p.data.to(torch.float32, copy=True)
         p.requires_grad_(True)
     return QFTModel(model, weights, small, dtype, tied)

@@ -23,10 +23,9 @@ import torch
 __all__ = [
     "QMAX",
     "dequantize_blocks",
-    "dequantize_weight",
     "hash_uniforms",
     "kernel",
-    "lion_blocks_",
+    "lion_blocks",
     "lion_outliers_",
     "mix_key",
     "quantize_blocks",
@@ -72,23 +71,14 @@ def _indices(like: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """q·scale in `dtype` (q: int8 (r, nb, b); scale: fp32 (r, nb, 1))."""
+    """q·scale in `dtype` (q: int8 (n, block); scale: fp32 (n, 1))."""
     return q.to(dtype) * scale.to(dtype)
-
-
-def dequantize_weight(
-    q: torch.Tensor, scale: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """Dense-and-sparse dequantization: q·scale, then the outlier values at flat `idx`."""
-    out = (q.to(dtype) * scale.to(dtype)).view(-1)
-    out[idx] = vals.to(dtype)
-    return out
 
 
 def quantize_blocks(
     x: torch.Tensor, offset: torch.Tensor, key: torch.Tensor, stochastic: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blockwise absmax int8 of `x` (r, nb, b): (q int8, scale fp32 (r, nb, 1))."""
+    """Blockwise absmax int8 of `x` (n, block): (q int8 (n, block), scale fp32 (n, 1))."""
     x = x.float()
     scale = x.abs().amax(dim=-1, keepdim=True) / QMAX
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
@@ -97,7 +87,7 @@ def quantize_blocks(
     return y.clamp(-QMAX, QMAX).to(torch.int8), scale
 
 
-def lion_blocks_(
+def lion_blocks(
     wq: torch.Tensor,
     ws: torch.Tensor,
     mq: torch.Tensor,
@@ -106,10 +96,11 @@ def lion_blocks_(
     hyper: torch.Tensor,
     offset: torch.Tensor,
     key: torch.Tensor,
-) -> None:
-    """One Lion step, in place, on a blocked slice of an int8 weight and its int8 momentum.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Lion step on blocks of an int8 weight and its int8 momentum: the new
+    (wq, ws, mq, ms).
 
-    Shapes: wq, mq, g (r, nb, b); ws, ms (r, nb, 1). ``hyper`` = [lr, weight_decay, β1, β2]
+    Shapes: wq, mq, g (n, block); ws, ms (n, 1). ``hyper`` = [lr, weight_decay, β1, β2]
     (a tensor: changing them recompiles nothing). The weight moves by −lr·(sign(c) + wd·θ)
     in quanta of its block scale, stochastically rounded; a block that would overflow ±127
     (or had scale 0 and now moves) first gets the scale its new values need. The momentum
@@ -132,10 +123,12 @@ def lion_blocks_(
     m_new = beta2 * m + (1.0 - beta2) * g
     m_scale = m_new.abs().amax(dim=-1, keepdim=True) / QMAX
     m_inv = torch.where(m_scale > 0, 1.0 / m_scale, torch.zeros_like(m_scale))
-    wq.copy_(torch.floor(x + noise_w).clamp(-QMAX, QMAX).to(torch.int8))
-    ws.copy_(torch.where(zero, fresh, ws * grow))
-    mq.copy_(torch.floor(m_new * m_inv + noise_m).clamp(-QMAX, QMAX).to(torch.int8))
-    ms.copy_(m_scale)
+    return (
+        torch.floor(x + noise_w).clamp(-QMAX, QMAX).to(torch.int8),
+        torch.where(zero, fresh, ws * grow),
+        torch.floor(m_new * m_inv + noise_m).clamp(-QMAX, QMAX).to(torch.int8),
+        m_scale,
+    )
 
 
 def lion_outliers_(
@@ -149,13 +142,13 @@ def lion_outliers_(
     """fp32 Lion on the outlier values (in place), from the momentum before its update.
 
     mq, g: flat (n,); ms: one scale per block, flat; local: flat positions of the outliers
-    in this slice; block = n // ms.numel().
+    in this slice. Touches 1% of the entries: plain torch, never compiled.
     """
     lr, wd, beta1 = hyper[0], hyper[1], hyper[2]
     block = mq.numel() // ms.numel()
     m = mq[local].float() * ms[local // block]
     update = torch.sign(beta1 * m + (1.0 - beta1) * g[local].float())
-    vals.copy_(vals - lr * (update + wd * vals))
+    vals.sub_(lr * (update + wd * vals))
 
 
 def _can_compile(device_type: str) -> bool:
@@ -170,11 +163,25 @@ def _can_compile(device_type: str) -> bool:
 
 @cache
 def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return torch.compile(fn, dynamic=True)
+    # Static shapes except the number of blocks (dim 0 of every tensor argument, marked
+    # per call): the block length stays a constant the compiler vectorizes for, and the
+    # many row counts of a model share one compiled kernel instead of recompiling.
+    compiled = torch.compile(fn, dynamic=False)
+
+    def call(*args: Any) -> Any:
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.dim() >= 1:
+                torch._dynamo.maybe_mark_dynamic(a, 0)
+        return compiled(*args)
+
+    return call
 
 
 def kernel(fn: Callable[..., Any], *, compile: bool, device_type: str) -> Callable[..., Any]:
-    """`fn` itself, or its fused compiled version when asked for and the toolchain exists."""
+    """`fn` itself, or its fused compiled version when asked for and the toolchain exists.
+
+    Kernels are pure functions of (n, block)-shaped tensors; callers write results back.
+    """
     if compile and _can_compile(device_type):
         return _compiled(fn)
     if compile:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from lmaas.finetune.qft.kernels import kernel, lion_blocks_, lion_outliers_, mix_key
+from lmaas.finetune.qft.kernels import kernel, lion_blocks, lion_outliers_, mix_key
 from lmaas.finetune.qft.quant import BlockInt8, QuantWeight
 
 __all__ = ["DenseGrad", "EmbeddingGrad", "GradSource", "LinearGrad", "QFTLion", "lion_reference"]
@@ -194,8 +194,7 @@ class QFTLion:
             [self.lr, self.weight_decay, *self.betas], dtype=torch.float32, device=device
         )
         key = torch.tensor(mix_key(self.seed, self.step_count, self._index[name]), device=device)
-        update_blocks = kernel(lion_blocks_, compile=self.fused, device_type=device.type)
-        update_outliers = kernel(lion_outliers_, compile=self.fused, device_type=device.type)
+        update_blocks = kernel(lion_blocks, compile=self.fused, device_type=device.type)
         for start, stop in self._chunks(weight):
             g = grad.rows(start, stop)
             if stash is not None:
@@ -205,11 +204,13 @@ class QFTLion:
             lo, hi = weight.outlier_range(start, stop)
             if hi > lo:  # before the momentum moves: outliers use the same (old) momentum
                 local = weight.outlier_idx[lo:hi] - start * cols
-                update_outliers(
+                lion_outliers_(
                     mq.view(-1), ms.view(-1), g.view(-1), local, weight.outlier_val[lo:hi], hyper
                 )
             offset = torch.tensor(start * cols, dtype=torch.int64, device=device)
-            update_blocks(wq, ws, mq, ms, g.view(wq.shape), hyper, offset, key)
+            new = update_blocks(wq, ws, mq, ms, g.view(wq.shape), hyper, offset, key)
+            for target, value in zip((wq, ws, mq, ms), new, strict=True):
+                target.copy_(value)
 
     @torch.no_grad()
     def _small_update(self) -> None:

@@ -20,7 +20,6 @@ import torch
 
 from lmaas.finetune.qft.kernels import (
     dequantize_blocks,
-    dequantize_weight,
     hash_uniforms,
     kernel,
     quantize_blocks,
@@ -103,10 +102,8 @@ class BlockInt8:
         return out
 
     def blocks(self, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of rows [start, stop): data (r, nb, block) and scale (r, nb, 1)."""
-        data = self.data[start:stop]
-        rows = data.shape[0]
-        return data.view(rows, -1, self.block), self.scale[start:stop].unsqueeze(-1)
+        """Views of rows [start, stop) as blocks: data (n, block) and scale (n, 1)."""
+        return self.data[start:stop].view(-1, self.block), self.scale[start:stop].view(-1, 1)
 
     def dequantize_rows(
         self, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float32
@@ -114,7 +111,7 @@ class BlockInt8:
         """Rows [start, stop) as `dtype`."""
         q, scale = self.blocks(start, stop)
         fn = kernel(dequantize_blocks, compile=self.fused, device_type=q.device.type)
-        return fn(q, scale, dtype).view(q.shape[0], -1)
+        return fn(q, scale, dtype).view(-1, self.data.shape[1])
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.dequantize_rows(0, None, dtype)
@@ -126,7 +123,7 @@ class BlockInt8:
         fn = kernel(quantize_blocks, compile=self.fused, device_type=q.device.type)
         offset = _scalar(start * self.data.shape[1], self.data.device)
         key_t = _scalar(key if key is not None else 0, self.data.device)
-        new_q, new_scale = fn(x.view(q.shape), offset, key_t, key is not None)
+        new_q, new_scale = fn(x.reshape(q.shape), offset, key_t, key is not None)
         q.copy_(new_q)
         scale.copy_(new_scale)
 
@@ -187,9 +184,10 @@ class QuantWeight:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight in `dtype`: dense part with the outlier values put in place."""
-        q, scale = self.dense.blocks()
-        fn = kernel(dequantize_weight, compile=self.dense.fused, device_type=q.device.type)
-        return fn(q, scale, self.outlier_idx, self.outlier_val, dtype).view(self.shape)
+        out = self.dense.dequantize(dtype)
+        if self.outlier_idx.numel():
+            out.view(-1)[self.outlier_idx] = self.outlier_val.to(dtype)
+        return out
 
     def outlier_range(self, start_row: int, stop_row: int) -> tuple[int, int]:
         """Positions [lo, hi) in the outlier arrays that fall in rows [start_row, stop_row)."""
