@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -166,6 +167,9 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     # Static shapes except the number of blocks (dim 0 of every tensor argument, marked
     # per call): the block length stays a constant the compiler vectorizes for, and the
     # many row counts of a model share one compiled kernel instead of recompiling.
+    with warnings.catch_warnings():  # torch's compiler imports its own deprecated jit parts
+        warnings.filterwarnings("ignore", ".*torch.jit.script_method.*", DeprecationWarning)
+        import torch._inductor.compile_fx  # noqa: F401
     compiled = torch.compile(fn, dynamic=False)
 
     def call(*args: Any) -> Any:
