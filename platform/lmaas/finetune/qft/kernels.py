@@ -169,7 +169,7 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     # many row counts of a model share one compiled kernel instead of recompiling.
     with warnings.catch_warnings():  # torch's compiler imports its own deprecated jit parts
         warnings.filterwarnings("ignore", ".*torch.jit.script_method.*", DeprecationWarning)
-        import torch._inductor.compile_fx  # noqa: F401
+        import torch._inductor.compile_fx
     compiled = torch.compile(fn, dynamic=False)
 
     def call(*args: Any) -> Any:
