@@ -49,6 +49,7 @@ from lmaas.finetune.hyperparameters import (
     resolve,
 )
 from lmaas.finetune.method import (
+    ExportResult,
     TrainingMethod,
     load_tokenizer,
     resolve_device,
@@ -347,7 +348,7 @@ class TrainingRun:
         total = sum(b.num_loss_tokens for b in batches)
         return sum(method.eval_loss(b) * b.num_loss_tokens for b in batches) / total
 
-    def _export(self, method: TrainingMethod):  # type: ignore[no-untyped-def]
+    def _export(self, method: TrainingMethod) -> ExportResult:
         final = self.work_dir / "output"
         tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=self.work_dir))
         shutil.rmtree(tmp)
@@ -359,4 +360,4 @@ class TrainingRun:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return type(out)(out.kind, final, out.details)
+        return ExportResult(out.kind, final, out.details)
