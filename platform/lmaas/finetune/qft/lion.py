@@ -74,7 +74,9 @@ class QFTLion:
     """Lion over `QuantWeight`s (int8 weight, int8 momentum) and fp32 small parameters.
 
     Call `begin_step()` before the forward, run forward + backward (updates happen inside
-    backward), then `end_step()`. `lr` may be changed between steps.
+    backward), then `end_step()`. `lr` may be changed between steps. One forward and one
+    backward per step: no gradient accumulation over micro-batches and no activation
+    checkpointing (a recomputed forward would count as a second use of each weight).
     """
 
     def __init__(
