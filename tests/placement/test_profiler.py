@@ -1,8 +1,8 @@
 """The profiler's search and measurement, against a stand-in runtime.
 
-`StandInRuntime` (tests/placement/standin_runtime.py) is a stand-in for the real runtime,
-which another engineer is writing now: a real HTTP server speaking the runtime protocol
-whose step time grows with the number of running requests, so the right answer is known.
+`StandInRuntime` (tests/placement/standin_runtime.py) is a stand-in for the runtime: a real
+HTTP server speaking the runtime protocol whose step time grows with the number of running
+requests, so the right answer is known. test_profiler_real_runtime.py profiles the real one.
 """
 
 from __future__ import annotations
