@@ -15,7 +15,7 @@ import torch
 
 from lmaas.config import Settings
 
-__all__ = ["EngineConfig", "resolve_device", "resolve_dtype"]
+__all__ = ["EngineConfig", "available_host_memory", "resolve_device", "resolve_dtype"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,6 +37,22 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def available_host_memory() -> int:
+    """Bytes of host memory that can be had without swapping: MemAvailable (free memory plus
+    reclaimable page cache), which on a long-running machine is far above the free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 4 << 30
 
 
 def _cpu_has_bf16() -> bool:
@@ -95,8 +111,4 @@ class EngineConfig:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return int(free * 0.8)
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            available = 4 << 30
-        return int(min(2 << 30, available * 0.25))
+        return int(min(2 << 30, available_host_memory() * 0.25))

@@ -54,10 +54,12 @@ class ModelRunner:
             attach_lora(self.model, self.lora.bank)
         model_bytes = sum(p.nbytes for p in self.model.parameters())
         budget = config.cache_budget(model_bytes)
-        if config.kv_cache_bytes == 0 and self.lora is not None:
-            # Leave room for the LoRA bank at its largest (it grows as adapters arrive).
-            budget -= self.lora.bank.bytes_for_rank(config.max_lora_rank)
         per_block = kv_bytes_per_block(self.model_config, config.block_size, self.dtype)
+        if config.kv_cache_bytes == 0 and self.lora is not None:
+            # Leave room for the LoRA bank at its largest (it grows as adapters arrive), but
+            # keep a cache that holds at least one sequence at full context.
+            floor = per_block * -(-self.max_model_len // config.block_size)
+            budget = max(budget - self.lora.bank.bytes_for_rank(config.max_lora_rank), floor)
         # More blocks than every sequence at full context could use would be wasted memory.
         most = config.max_num_seqs * (-(-self.max_model_len // config.block_size))
         num_blocks = min(budget // per_block, most)
