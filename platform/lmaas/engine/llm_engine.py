@@ -28,6 +28,7 @@ from lmaas.engine.sampler import Sampler
 from lmaas.engine.scheduler import Scheduler
 from lmaas.engine.sequence import Sequence
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
+from lmaas.engine.speculation.policy import SpecPolicyError, parse_policy
 from lmaas.engine.speculation.proposer import Proposer
 from lmaas.engine.speculator import Speculator, VerifyEntry, create_speculator
 from lmaas.engine.tokenizer import Tokenizer
@@ -103,6 +104,11 @@ class LLMEngine:
                 param="model",
                 status=404,
             )
+        if request.sampling.speculation is not None:
+            try:
+                parse_policy(request.sampling.speculation)
+            except SpecPolicyError as exc:
+                raise EngineRequestError(str(exc), param="speculation") from exc
         prepared = self.inputs.process(request)
         seq = Sequence(
             next(self._seq_ids),

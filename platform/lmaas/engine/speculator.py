@@ -96,6 +96,7 @@ class Speculator:
         self.stats = SpecStats(model=model_name, proposer=proposer.kind, metrics=metrics)
         self.osd = osd
         self.num_swaps = 0
+        self.num_draft_cache_full = 0  # steps that skipped speculation for want of draft cache
         self._proposed: dict[int, _Proposed] = {}
         self._specs: list[SpecRequest] = []
         self._ks: list[int] = []
@@ -194,7 +195,9 @@ class Speculator:
             try:
                 proposal = self.proposer.propose(views, ks)
             except DraftCacheFull:
-                log.warning("speculation: the draft cache is full; skipping this step")
+                self.num_draft_cache_full += 1
+                if self.num_draft_cache_full == 1:
+                    log.warning("speculation: the draft cache is full; skipping such steps")
                 for s in decoding:
                     self.proposer.release(s.seq_id)
                 proposal = None
@@ -214,17 +217,18 @@ class Speculator:
         tokens it emits (accepted proposals + one) and how many drafts were rejected."""
         if not entries:
             return []
-        proposed = [self._proposed[e.seq.seq_id] for e in entries]
+        proposed = []
+        for e in entries:
+            # The scheduler may have dropped trailing drafts (budget, free blocks).
+            p, n = self._proposed[e.seq.seq_id], e.logits.shape[0] - 1
+            if not 0 < n <= len(p.tokens):
+                raise RuntimeError(f"sequence {e.seq.seq_id}: {n} drafts verified, {p} proposed")
+            proposed.append(_Proposed(p.tokens[:n], None if p.q is None else p.q[:n], p.start))
         width = max(len(p.tokens) for p in proposed)
         vocab = entries[0].logits.shape[-1]
         device = entries[0].logits.device
         logits = torch.zeros((len(entries), width + 1, vocab), device=device)
         for b, e in enumerate(entries):
-            if e.logits.shape[0] != len(proposed[b].tokens) + 1:
-                raise RuntimeError(
-                    f"sequence {e.seq.seq_id}: {e.logits.shape[0]} logit rows for "
-                    f"{len(proposed[b].tokens)} drafts"
-                )
             logits[b, : e.logits.shape[0]] = e.logits
         draft_tokens, num_proposed = pad_proposals(
             [p.tokens for p in proposed], width=width, device=device
@@ -269,10 +273,9 @@ class Speculator:
             results.append((tokens, k - accepted))
         return results
 
-    def end_step(self, *, prefill_tokens: int, num_decode_tokens: int, device_sync=None) -> None:
-        """After the step's tokens are known (step 3): its time and what it produced."""
-        if device_sync is not None:
-            device_sync()
+    def end_step(self, *, prefill_tokens: int, num_decode_tokens: int) -> None:
+        """After the step's tokens are known (step 3; they are on the host, so the device
+        is done): its time and what it produced."""
         seconds = time.perf_counter() - self._started
         features = self.controller.features(self._specs, self._ks, prefill_tokens)
         self.controller.observe_step(features, seconds)
