@@ -180,7 +180,7 @@ def test_requests_choose_their_policy(target_dir, hf_target, hf_other) -> None:
                 request_id="bad", prompt="x", sampling=SamplingParams(speculation="fast please")
             )
         )
-    assert info.value.param == "speculation" and info.value.status == 400
+    assert info.value.param == "sampling.speculation" and info.value.status == 400
 
 
 def test_drafts_never_preempt_and_fit_a_tight_cache(target_dir, hf_target, hf_other) -> None:
@@ -335,3 +335,36 @@ def test_the_distribution_test_catches_a_biased_verifier(
     monkeypatch.setattr(speculator_module, "verify", biased)
     engine = sampling_engine("other", target_dir, hf_target, hf_other)
     assert chi_square_pvalue(engine, hf_target, PROMPTS[5], 1000) < 1e-3
+
+
+def test_the_engine_finds_its_proposer_from_the_settings(
+    target_dir, hf_target, hf_other, tmp_path
+) -> None:
+    from lmaas.finetune.draft_builder import build_draft, save_draft_version
+
+    root = str(tmp_path / "drafts")
+    spec = dict(speculation_max_k=3, draft_url=root)
+    assert make_engine(target_dir, CPU).speculator is None  # max_k 0: no speculation
+    auto = make_engine(target_dir, CPU, speculation_proposer="auto", **spec)
+    assert auto.speculator.proposer.kind == "ngram"  # no draft yet: prompt lookup
+    with pytest.raises(ValueError, match="no draft model"):
+        make_engine(target_dir, CPU, speculation_proposer="draft", **spec)
+
+    version, _ = save_draft_version(build_draft(hf_target, [0]), root)
+    engine = make_engine(target_dir, CPU, speculation_proposer="auto", **spec)
+    assert engine.speculator.proposer.kind == "draft"
+    assert engine.speculator.proposer.backend.draft.version == version
+    plain = make_engine(target_dir, CPU)
+    want = tokens_of(plain.generate(mixed_requests([None])))
+    assert tokens_of(engine.generate(mixed_requests([None]))) == want
+    assert engine.stats()["speculation"]["accepted_tokens"] > 0
+
+    with pytest.raises(ValueError, match="share the target's tokenizer"):
+        draft_proposer(
+            build_draft(hf_other, [0]),
+            vocab_size=engine.runner.model_config.vocab_size + 1,  # another target
+            num_tokens=64,
+            block_size=4,
+            dtype=torch.float32,
+            device=CPU,
+        )

@@ -108,7 +108,7 @@ class LLMEngine:
             try:
                 parse_policy(request.sampling.speculation)
             except SpecPolicyError as exc:
-                raise EngineRequestError(str(exc), param="speculation") from exc
+                raise EngineRequestError(str(exc), param="sampling.speculation") from exc
         prepared = self.inputs.process(request)
         seq = Sequence(
             next(self._seq_ids),
@@ -295,7 +295,7 @@ class LLMEngine:
             num_adapters_on_device=len(self.lora.slots.resident()) if self.lora else 0,
             num_steps=self.num_steps,
             num_forward_passes=self.num_forward_passes,
-            speculation=self.speculator.stats.snapshot() if self.speculator else None,
+            speculation=self.speculator.snapshot() if self.speculator else None,
         )
 
     # Convenience for tests and benchmarks -------------------------------------------------

@@ -296,6 +296,17 @@ class Speculator:
                     seq.request_id, seq.token_ids, seq.num_prompt_tokens, seq.adapter_id
                 )
 
+    def snapshot(self) -> dict:
+        """Plain-JSON figures (`SpecStats.snapshot`, plus model, proposer and swaps)."""
+        return {
+            **self.stats.snapshot(),
+            "model": self.stats.model,
+            "proposer": self.proposer.kind,
+            "policy": str(self.policy),
+            "max_k": self.max_k,
+            "swaps": self.num_swaps,
+        }
+
     @staticmethod
     def _view(seq: Sequence, row: SamplingRow | None) -> SpecSequence:
         row = row or SamplingRow(temperature=0.0)
