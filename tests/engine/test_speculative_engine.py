@@ -19,6 +19,7 @@ from lmaas.engine.speculation.osd_buffer import OSDRecorder, list_osd_files, loa
 from lmaas.engine.speculation.prompt_lookup import PromptLookupProposer
 from lmaas.engine.speculation.sampling import sampling_probs
 from lmaas.engine.speculator import Speculator, draft_proposer
+from lmaas.finetune.draft_builder import build_draft, save_draft_version
 from lmaas.protocol import GenerateRequest, SamplingParams
 from tests.engine.conftest import build_tiny_model, make_engine
 
@@ -55,11 +56,9 @@ def hf_other(tmp_path_factory):
 
 def make_proposer(kind: str, hf_target, hf_other, engine):
     """`ngram`, `cut` (layer 0 of the target) or `other` (another random model)."""
-    from lmaas.finetune.draft_builder import build_draft
-
     if kind == "ngram":
         return PromptLookupProposer()
-    draft = build_draft(hf_target, [0]) if kind == "cut" else build_draft(hf_other, [0, 1])
+    draft = build_draft(hf_target if kind == "cut" else hf_other, [0])
     return draft_proposer(
         draft,
         vocab_size=engine.runner.model_config.vocab_size,
@@ -208,7 +207,10 @@ def test_draft_hot_swap_between_steps_keeps_requests_exact(target_dir, hf_target
         for rid, event in spec.step():
             events[rid].append(event)
     accepted_before = spec.stats()["speculation"]["accepted_tokens"]
-    spec.set_proposer(make_proposer("cut", hf_target, hf_other, spec))  # a better draft
+    old = spec.speculator.proposer
+    better = spec.load_draft_proposer(build_draft(hf_target, [0]))
+    assert better.backend.kv_cache is old.backend.kv_cache  # one draft cache, reused
+    spec.set_proposer(better)
     while spec.has_unfinished_requests():
         for rid, event in spec.step():
             events[rid].append(event)
@@ -340,8 +342,6 @@ def test_the_distribution_test_catches_a_biased_verifier(
 def test_the_engine_finds_its_proposer_from_the_settings(
     target_dir, hf_target, hf_other, tmp_path
 ) -> None:
-    from lmaas.finetune.draft_builder import build_draft, save_draft_version
-
     root = str(tmp_path / "drafts")
     spec = dict(speculation_max_k=3, draft_url=root)
     assert make_engine(target_dir, CPU).speculator is None  # max_k 0: no speculation
@@ -368,3 +368,50 @@ def test_the_engine_finds_its_proposer_from_the_settings(
             dtype=torch.float32,
             device=CPU,
         )
+
+
+def test_the_async_engine_swaps_in_a_new_draft_version(target_dir, hf_target, hf_other, tmp_path):
+    import asyncio
+
+    from lmaas.engine.async_engine import AsyncEngine
+    from lmaas.engine.engine_config import EngineConfig
+
+    root = str(tmp_path / "drafts")
+    save_draft_version(build_draft(hf_other, [0]), root)
+    config = EngineConfig(
+        model_path=target_dir,
+        block_size=4,
+        kv_cache_bytes=1 << 20,
+        speculation="fixed:3",
+        speculation_max_k=3,
+        speculation_proposer="draft",
+        draft_url=root,
+    )
+    plain = make_engine(target_dir, CPU)
+    want = tokens_of(plain.generate(mixed_requests([None])[:2]))
+
+    async def main() -> tuple[dict, int | None, dict]:
+        engine = AsyncEngine(config)
+        await engine.start()
+        try:
+
+            async def run(request: GenerateRequest) -> list[int]:
+                return [t async for e in engine.generate(request) for t in e.token_ids]
+
+            requests = mixed_requests([None])[:2]
+            first = await asyncio.gather(*(run(r) for r in requests))
+            version, url = save_draft_version(build_draft(hf_target, [0]), root)
+            swapped = await engine.swap_draft(url)
+            assert swapped == version
+            second = await asyncio.gather(*(run(r) for r in mixed_requests([None])[:2]))
+            return (
+                {"first": first, "second": second},
+                engine.engine.speculator.draft_version,
+                engine.stats()["speculation"],
+            )
+        finally:
+            await engine.shutdown()
+
+    outputs, version, figures = asyncio.run(main())
+    assert outputs["first"] == outputs["second"] == [want["g0"], want["g1"]]
+    assert version == 2 and figures["draft_version"] == 2 and figures["swaps"] == 1

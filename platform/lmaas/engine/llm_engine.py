@@ -30,7 +30,7 @@ from lmaas.engine.sequence import Sequence
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
 from lmaas.engine.speculation.policy import SpecPolicyError, parse_policy
 from lmaas.engine.speculation.proposer import Proposer
-from lmaas.engine.speculator import Speculator, VerifyEntry, create_speculator
+from lmaas.engine.speculator import Speculator, VerifyEntry, create_speculator, draft_proposer
 from lmaas.engine.tokenizer import Tokenizer
 from lmaas.protocol import GenerateEvent, GenerateRequest
 
@@ -142,6 +142,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         self.num_preemptions += len(batch.preempted)
         self.num_steps += 1
+        if spec is not None and batch.preempted:
+            spec.forget_cache(batch.preempted)
         events = [self._finish(seq, "length") for seq in batch.finished]
         if batch.is_empty:
             return events
@@ -182,6 +184,24 @@ class LLMEngine:
             prefill_tokens=min(pending, max(0, budget - num_decoding)),
             token_budget=budget,
             max_model_len=self.runner.max_model_len,
+        )
+
+    def load_draft_proposer(self, source: object) -> Proposer:
+        """A draft-model proposer for this engine from `source` (a draft folder or URL, e.g.
+        the one `finetune.draft_builder.latest_draft_version` names, or a `DraftLM`).
+
+        Slow (reads and converts the weights): call it off the step thread, then hand the
+        result to `set_proposer`. Its draft KV cache reuses the current draft's memory.
+        """
+        cache = self.runner.kv_cache
+        return draft_proposer(
+            source,
+            vocab_size=self.runner.model_config.vocab_size,
+            num_tokens=cache.num_blocks * cache.block_size,
+            block_size=cache.block_size,
+            dtype=self.config.dtype,
+            device=self.config.device,
+            reuse=self.speculator.proposer if self.speculator is not None else None,
         )
 
     def set_proposer(self, proposer: Proposer) -> None:

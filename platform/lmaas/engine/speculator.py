@@ -154,6 +154,8 @@ class Speculator:
         self._started = time.perf_counter()
         self._apply_swap()
         self._proposed.clear()
+        for seq in running:  # drafts of a request the last step did not schedule are stale
+            seq.draft_token_ids = []
         decoding = [
             s
             for s in running
@@ -283,6 +285,11 @@ class Speculator:
             self.stats.record_step(seconds, self._ks, num_decode_tokens)
         self._proposed.clear()
 
+    def forget_cache(self, seqs: Seq[Sequence]) -> None:
+        """`seqs` were preempted: their draft caches go too (they are rebuilt on return)."""
+        for seq in seqs:
+            self.proposer.release(seq.seq_id)
+
     def release(self, seq: Sequence, reason: str) -> None:
         """`seq` ended (step 4)."""
         self.controller.release(seq.seq_id)
@@ -296,12 +303,19 @@ class Speculator:
                     seq.request_id, seq.token_ids, seq.num_prompt_tokens, seq.adapter_id
                 )
 
+    @property
+    def draft_version(self) -> int | None:
+        """The version of the draft model in use (None for prompt lookup)."""
+        draft = getattr(getattr(self.proposer, "backend", None), "draft", None)
+        return None if draft is None else draft.version
+
     def snapshot(self) -> dict:
-        """Plain-JSON figures (`SpecStats.snapshot`, plus model, proposer and swaps)."""
+        """Plain-JSON figures (`SpecStats.snapshot`, plus model, proposer, draft version…)."""
         return {
             **self.stats.snapshot(),
             "model": self.stats.model,
             "proposer": self.proposer.kind,
+            "draft_version": self.draft_version,
             "policy": str(self.policy),
             "max_k": self.max_k,
             "swaps": self.num_swaps,
@@ -348,9 +362,12 @@ def draft_proposer(
     block_size: int,
     dtype: torch.dtype,
     device: torch.device,
+    reuse: Proposer | None = None,
 ) -> Proposer:
     """A `DraftModelProposer` over the draft `source` (folder, URL or `DraftLM`) on the
-    engine's kernels, with a paged draft cache of `num_tokens` tokens."""
+    engine's kernels, with a paged draft cache of `num_tokens` tokens — the cache memory
+    of the proposer `reuse` (the one it replaces) when it fits, so that a hot swap never
+    holds two draft caches."""
     from lmaas.engine.speculation.paged_draft import PagedDraftBackend, load_paged_draft
     from lmaas.engine.speculation.proposer import DraftModelProposer
 
@@ -360,7 +377,11 @@ def draft_proposer(
             f"the draft model's vocabulary ({draft.config.vocab_size} tokens) is not the "
             f"target's ({vocab_size}): a draft must share the target's tokenizer"
         )
-    backend = PagedDraftBackend(draft, num_tokens=num_tokens, block_size=block_size, device=device)
+    old = getattr(reuse, "backend", None)
+    cache = old.kv_cache if isinstance(old, PagedDraftBackend) else None
+    backend = PagedDraftBackend(
+        draft, num_tokens=num_tokens, block_size=block_size, device=device, kv_cache=cache
+    )
     return DraftModelProposer(backend)
 
 
