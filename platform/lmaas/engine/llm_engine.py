@@ -257,11 +257,12 @@ class LLMEngine:
                 if self.speculator is None:
                     raise RuntimeError(f"sequence {item.seq.seq_id} carries drafts but no proposer")
                 row = self.states[item.seq.request_id].row
-                span = logits[offset : offset + item.num_logits]
-                verifying.append((len(results), VerifyEntry(item.seq, span, row)))
+                entry = VerifyEntry(item.seq, offset, item.num_logits, row)
+                verifying.append((len(results), entry))
                 results.append(None)
         if verifying:
-            verified = self.speculator.verify([e for _, e in verifying])  # type: ignore[union-attr]
+            entries = [e for _, e in verifying]
+            verified = self.speculator.verify(logits, entries)  # type: ignore[union-attr]
             for (index, _), (tokens, rejected) in zip(verifying, verified, strict=True):
                 results[index] = (tokens, rejected, None)
         return results
