@@ -415,3 +415,41 @@ def test_the_async_engine_swaps_in_a_new_draft_version(target_dir, hf_target, hf
     outputs, version, figures = asyncio.run(main())
     assert outputs["first"] == outputs["second"] == [want["g0"], want["g1"]]
     assert version == 2 and figures["draft_version"] == 2 and figures["swaps"] == 1
+
+
+def test_the_paged_draft_computes_what_the_draft_model_does(hf_target) -> None:
+    """Batched paged passes (catch-up prefills and single tokens of several sequences in
+    one pass, rollbacks) give the logits of the transformers draft run one by one — for a
+    draft with a frequency-reduced output vocabulary too."""
+    from lmaas.engine.speculation.paged_draft import PagedDraftBackend, load_paged_draft
+    from lmaas.engine.speculation.proposer import HFDraftBackend
+
+    vocab = list(range(0, 200, 2))
+    draft = build_draft(hf_target, [1], vocab)
+    paged = PagedDraftBackend(
+        load_paged_draft(draft, dtype=torch.float32, device=CPU), num_tokens=256, block_size=4
+    )
+    reference = HFDraftBackend(draft)
+    rng = torch.Generator().manual_seed(0)
+    seqs = {"a": 11, "b": 3, "c": 6}
+    feeds = [
+        (list(seqs), [torch.randint(0, 200, (n,), generator=rng).tolist() for n in seqs.values()]),
+        (["a", "c"], [[5], [7]]),
+        (["b", "a", "c"], [[9, 4, 2, 8, 1], [3], [6]]),
+    ]
+    for ids, tokens in feeds:
+        want = reference.forward(ids, tokens)
+        got = paged.forward(ids, tokens)
+        finite = torch.isfinite(want)
+        assert torch.equal(finite, torch.isfinite(got))
+        assert torch.allclose(got[finite], want[finite], atol=1e-4)
+    for backend in (paged, reference):  # roll "a" back by two tokens, continue
+        backend.truncate("a", 11)
+    assert torch.allclose(
+        paged.forward(["a"], [[1, 2]]).nan_to_num(neginf=0),
+        reference.forward(["a"], [[1, 2]]).nan_to_num(neginf=0),
+        atol=1e-4,
+    )
+    for seq_id in seqs:
+        paged.release(seq_id)
+    assert paged.blocks.num_free_blocks == paged.blocks.num_blocks
