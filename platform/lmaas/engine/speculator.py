@@ -16,8 +16,9 @@
    The engine then rolls `num_computed_tokens` back past rejected drafts and frees the
    cache blocks past the sequence's end.
 3. `end_step(…)` — the step's seconds feed the controller's step-time model; acceptance
-   feeds its per-request estimators, `stats` (Prometheus through `SpecMetrics`) and the
-   OSD recorder.
+   feeds its per-request estimators, `stats` (`snapshot()`: the runtime's metrics) and,
+   with a draft model, the OSD recorder (where the draft was right and wrong: what online
+   distillation trains on; prompt lookup's misses say nothing about a draft).
 4. `release(seq, reason)` — a request ended: the controller and proposer forget it and
    the OSD recorder turns what it saw into a record.
 
@@ -259,7 +260,7 @@ class Speculator:
             seq = e.seq
             self.controller.observe_verification(seq.seq_id, k, accepted)
             self.stats.record_verification(seq.tenant_id, k, accepted)
-            if self.osd is not None:
+            if self.osd is not None and self.proposer.kind == "draft":
                 self.osd.observe(seq.request_id, seq.tenant_id, p.start, k, accepted)
             results.append((tokens, k - accepted))
         return results

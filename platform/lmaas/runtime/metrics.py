@@ -4,7 +4,7 @@ Speculative decoding figures (prefix ``lmaas_spec_``, labels `model` and `propos
 names of `lmaas.engine.speculation.metrics.SpecMetrics`) are read from the engine's stats
 at scrape time: proposed and accepted tokens, acceptance per draft position, the chosen
 k histogram, generated tokens and decoding seconds (goodput = their rates' ratio), the
-goodput gauge and acceptance per tenant.
+goodput gauge, acceptance per tenant and the draft model's version.
 """
 
 from __future__ import annotations
@@ -90,6 +90,12 @@ def _speculation(spec: dict) -> Iterator[GaugeMetricFamily]:
     )
     goodput.add_metric(base, spec["goodput_tokens_per_second"])
     yield goodput
+    if spec.get("draft_version") is not None:
+        version = GaugeMetricFamily(
+            "lmaas_spec_draft_version", "Version of the draft model in use.", labels=names
+        )
+        version.add_metric(base, spec["draft_version"])
+        yield version
     position = GaugeMetricFamily(
         "lmaas_spec_position_acceptance",
         "Acceptance rate at each draft position (accepted / reached, since start).",
