@@ -389,27 +389,28 @@ def test_the_engine_finds_its_proposer_from_the_settings(
         )
 
 
-def test_the_async_engine_swaps_in_a_new_draft_version(target_dir, hf_target, hf_other, tmp_path):
+def test_the_async_engine_swaps_in_draft_versions(target_dir, hf_target, hf_other, tmp_path):
+    """`auto` starts on prompt lookup (no draft yet), then takes a first draft and a better
+    second version, each between two steps, with the same outputs throughout."""
     import asyncio
 
     from lmaas.engine.async_engine import AsyncEngine
     from lmaas.engine.engine_config import EngineConfig
 
     root = str(tmp_path / "drafts")
-    save_draft_version(build_draft(hf_other, [0]), root)
     config = EngineConfig(
         model_path=target_dir,
         block_size=4,
         kv_cache_bytes=1 << 20,
         speculation="fixed:3",
         speculation_max_k=3,
-        speculation_proposer="draft",
+        speculation_proposer="auto",
         draft_url=root,
     )
     plain = make_engine(target_dir, CPU)
     want = tokens_of(plain.generate(mixed_requests([None])[:2]))
 
-    async def main() -> tuple[dict, int | None, dict]:
+    async def main() -> tuple[list, list, dict]:
         engine = AsyncEngine(config)
         await engine.start()
         try:
@@ -417,23 +418,21 @@ def test_the_async_engine_swaps_in_a_new_draft_version(target_dir, hf_target, hf
             async def run(request: GenerateRequest) -> list[int]:
                 return [t async for e in engine.generate(request) for t in e.token_ids]
 
-            requests = mixed_requests([None])[:2]
-            first = await asyncio.gather(*(run(r) for r in requests))
-            version, url = save_draft_version(build_draft(hf_target, [0]), root)
-            swapped = await engine.swap_draft(url)
-            assert swapped == version
-            second = await asyncio.gather(*(run(r) for r in mixed_requests([None])[:2]))
-            return (
-                {"first": first, "second": second},
-                engine.engine.speculator.draft_version,
-                engine.stats()["speculation"],
-            )
+            outputs, kinds = [], []
+            for draft in (None, build_draft(hf_other, [0]), build_draft(hf_target, [0])):
+                if draft is not None:
+                    version, url = save_draft_version(draft, root)
+                    assert await engine.swap_draft(url) == version
+                outputs.append(await asyncio.gather(*map(run, mixed_requests([None])[:2])))
+                kinds.append(engine.stats()["speculation"]["proposer"])
+            return outputs, kinds, engine.stats()["speculation"]
         finally:
             await engine.shutdown()
 
-    outputs, version, figures = asyncio.run(main())
-    assert outputs["first"] == outputs["second"] == [want["g0"], want["g1"]]
-    assert version == 2 and figures["draft_version"] == 2 and figures["swaps"] == 1
+    outputs, kinds, figures = asyncio.run(main())
+    assert outputs == [[want["g0"], want["g1"]]] * 3
+    assert kinds == ["ngram", "draft", "draft"]
+    assert figures["draft_version"] == 2 and figures["swaps"] == 2
 
 
 def test_the_paged_draft_computes_what_the_draft_model_does(hf_target) -> None:

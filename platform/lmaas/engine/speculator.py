@@ -114,11 +114,9 @@ class Speculator:
         next step on. Thread-safe; takes effect between two steps, so no request is
         dropped: the new proposer has no draft cache yet and rebuilds each sequence's on
         its first `propose` (one catch-up prefill of the draft), and the old one's caches
-        are released. Acceptance estimates and the step-time model are kept (they adapt)."""
-        if proposer.kind != self.proposer.kind:
-            raise ValueError(
-                f"cannot swap a {self.proposer.kind!r} proposer for a {proposer.kind!r} one"
-            )
+        are released. Acceptance estimates and the step-time model are kept (they adapt).
+        Prompt lookup may give way to a first draft model (`auto` before any draft was
+        built) and back: the controller then starts counting the draft's cost."""
         with self._lock:
             self._next_proposer = proposer
 
@@ -132,6 +130,8 @@ class Speculator:
         if release_all is not None:
             release_all()
         self.proposer = new
+        self.controller.proposer = "draft" if new.kind == "draft" else "ngram"
+        self.stats.proposer = new.kind
         self.num_swaps += 1
         log.info("speculation: proposer swapped (%d swaps)", self.num_swaps)
 
