@@ -23,8 +23,14 @@
    the OSD recorder turns what it saw into a record.
 
 Requests asking for logprobs never speculate (the engine reports logprobs per sampled
-token). `swap_proposer` replaces the proposer (a new draft version) at the next step
-boundary; see its docstring.
+token).
+
+For the runtime: `LLMEngine(config, osd=OSDRecorder(…))` (or `AsyncEngine(config,
+osd=…)`) builds the speculator the config asks for (`create_speculator`: prompt lookup,
+or the draft at `config.draft_url`) and records OSD data into the recorder (flushing it is
+the runtime's job). A new draft version goes in with `await AsyncEngine.swap_draft(url)`
+(loads off the step thread, swaps between two steps) — or `LLMEngine.load_draft_proposer`
+then `LLMEngine.set_proposer`. `LLMEngine.stats()["speculation"]` is `Speculator.snapshot()`.
 """
 
 from __future__ import annotations
