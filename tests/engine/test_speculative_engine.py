@@ -182,6 +182,26 @@ def test_requests_choose_their_policy(target_dir, hf_target, hf_other) -> None:
     assert info.value.param == "sampling.speculation" and info.value.status == 400
 
 
+def test_seeded_requests_repeat_under_smartspec(target_dir, hf_target, hf_other) -> None:
+    """A seed gives the same output whatever the load: under `smartspec` a seeded sampled
+    request does not speculate, so it is exactly what plain decoding samples."""
+
+    def requests() -> list[GenerateRequest]:
+        return [
+            GenerateRequest(
+                request_id=f"s{seed}",
+                prompt=PROMPTS[seed],
+                sampling=SamplingParams(max_tokens=16, temperature=1.0, seed=seed),
+            )
+            for seed in range(3)
+        ] + mixed_requests([None])[:3]  # greedy neighbours that do speculate
+
+    want = tokens_of(make_engine(target_dir, CPU).generate(requests()))
+    spec = speculating_engine(target_dir, "ngram", hf_target, hf_other)
+    assert tokens_of(spec.generate(requests())) == want
+    assert spec.stats()["speculation"]["proposed_tokens"] > 0
+
+
 def test_drafts_never_preempt_and_fit_a_tight_cache(target_dir, hf_target, hf_other) -> None:
     from tests.engine.conftest import cache_bytes
 

@@ -23,7 +23,7 @@
    the OSD recorder turns what it saw into a record.
 
 Requests asking for logprobs never speculate (the engine reports logprobs per sampled
-token).
+token), nor do seeded sampled ones under `smartspec` (`request_policy`).
 
 For the runtime: `LLMEngine(config, osd=OSDRecorder(…))` (or `AsyncEngine(config,
 osd=…)`) builds the speculator the config asks for (`create_speculator`: prompt lookup,
@@ -144,11 +144,22 @@ class Speculator:
     # The step --------------------------------------------------------------------------------
 
     def request_policy(self, seq: Sequence) -> SpecPolicy:
+        """The policy `seq` runs under: its own, else the engine's, capped at `max_k`.
+
+        Requests asking for logprobs never speculate; nor do seeded sampled requests under
+        `smartspec`: its choices follow measured step times, and the random numbers a
+        request draws depend on how many tokens it proposes — the same seed would give
+        different outputs on a busy and an idle machine. (Under `off` they are exactly
+        those of plain decoding; `fixed:K` keeps them repeatable for the same batch.)"""
         params = seq.params
-        if params is not None and getattr(params, "logprobs", None) is not None:
+        if params is None:
+            return resolve_policy(self.policy, None, max_k=self.max_k)
+        if params.logprobs is not None:
             return SpecPolicy("off")
-        own = getattr(params, "speculation", None) if params is not None else None
-        return resolve_policy(self.policy, own, max_k=self.max_k)
+        policy = resolve_policy(self.policy, params.speculation, max_k=self.max_k)
+        if policy.mode == "smartspec" and params.seed is not None and params.temperature > 0:
+            return SpecPolicy("off")
+        return policy
 
     def propose(
         self,
