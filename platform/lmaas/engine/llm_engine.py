@@ -2,8 +2,9 @@
 
 `step` is the whole loop body — propose drafts (speculative decoding, `speculator`),
 schedule, load adapters the scheduler placed, run the model, sample (or verify drafts in
-one batched call), post-process (detokenize, stop, free what finished). A failure of the forward pass fails the requests of that batch
-with an error event; the engine keeps serving the others.
+one batched call), post-process (detokenize, stop, free what finished). A failure of the
+forward pass fails the requests of that batch with an error event; the engine keeps
+serving the others.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ class LLMEngine:
         """Replace the speculation proposer (a new draft version) between two steps.
 
         Thread-safe: call it from any thread once the new proposer is loaded (loading is
-        slow: do it off the step thread, e.g. `speculator.draft_proposer(url, …)`). The swap
+        slow: do it off the step thread: `load_draft_proposer(url)`). The swap
         happens at the start of the next step; requests in flight keep running, and their
         draft KV caches are rebuilt lazily by the new proposer on its first proposal.
         """
