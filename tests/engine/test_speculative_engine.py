@@ -58,15 +58,7 @@ def make_proposer(kind: str, hf_target, hf_other, engine):
     """`ngram`, `cut` (layer 0 of the target) or `other` (another random model)."""
     if kind == "ngram":
         return PromptLookupProposer()
-    draft = build_draft(hf_target if kind == "cut" else hf_other, [0])
-    return draft_proposer(
-        draft,
-        vocab_size=engine.runner.model_config.vocab_size,
-        num_tokens=engine.block_manager.num_blocks * engine.block_manager.block_size,
-        block_size=4,
-        dtype=torch.float32,
-        device=CPU,
-    )
+    return engine.load_draft_proposer(build_draft(hf_target if kind == "cut" else hf_other, [0]))
 
 
 def speculating_engine(target_dir, kind, hf_target, hf_other, *, policy="smartspec", **kw):
@@ -200,6 +192,29 @@ def test_seeded_requests_repeat_under_smartspec(target_dir, hf_target, hf_other)
     spec = speculating_engine(target_dir, "ngram", hf_target, hf_other)
     assert tokens_of(spec.generate(requests())) == want
     assert spec.stats()["speculation"]["proposed_tokens"] > 0
+
+
+def test_a_small_draft_cache_limits_speculation_not_requests(target_dir, hf_target) -> None:
+    engine = make_engine(target_dir, CPU)
+    proposer = draft_proposer(
+        build_draft(hf_target, [0]),
+        vocab_size=engine.runner.model_config.vocab_size,
+        num_tokens=40,  # room for about two sequences' drafts
+        block_size=4,
+        dtype=torch.float32,
+        device=CPU,
+    )
+    engine.speculator = Speculator(proposer, max_k=3, policy="fixed:3")
+    roomy = make_engine(target_dir, CPU)
+    roomy.speculator = Speculator(
+        roomy.load_draft_proposer(build_draft(hf_target, [0])), max_k=3, policy="fixed:3"
+    )
+    want = tokens_of(make_engine(target_dir, CPU).generate(mixed_requests([None])))
+    assert tokens_of(engine.generate(mixed_requests([None]))) == want
+    assert tokens_of(roomy.generate(mixed_requests([None]))) == want
+    small, large = (e.stats()["speculation"]["proposed_tokens"] for e in (engine, roomy))
+    assert 0 < small < large  # the requests that fitted speculated, the others waited
+    assert proposer.backend.blocks.num_free_blocks == proposer.backend.blocks.num_blocks
 
 
 def test_drafts_never_preempt_and_fit_a_tight_cache(target_dir, hf_target, hf_other) -> None:

@@ -29,7 +29,7 @@ from lmaas.engine.sampler import Sampler
 from lmaas.engine.scheduler import Scheduler
 from lmaas.engine.sequence import Sequence
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
-from lmaas.engine.speculation.policy import SpecPolicyError, parse_policy
+from lmaas.engine.speculation.policy import MAX_FIXED_K, SpecPolicyError, parse_policy
 from lmaas.engine.speculation.proposer import Proposer
 from lmaas.engine.speculator import Speculator, VerifyEntry, create_speculator, draft_proposer
 from lmaas.engine.tokenizer import Tokenizer
@@ -61,7 +61,7 @@ class LLMEngine:
             speculator = create_speculator(
                 config,
                 vocab_size=self.runner.model_config.vocab_size,
-                num_cache_tokens=cache.num_blocks * cache.block_size,
+                num_cache_tokens=self._draft_cache_tokens(),
                 osd=osd,
             )
         elif osd is not None:
@@ -198,12 +198,19 @@ class LLMEngine:
         return draft_proposer(
             source,
             vocab_size=self.runner.model_config.vocab_size,
-            num_tokens=cache.num_blocks * cache.block_size,
+            num_tokens=self._draft_cache_tokens(),
             block_size=cache.block_size,
             dtype=self.config.dtype,
             device=self.config.device,
             reuse=self.speculator.proposer if self.speculator is not None else None,
         )
+
+    def _draft_cache_tokens(self) -> int:
+        """Tokens a draft cache holds: what the target's does, plus room for every
+        sequence's proposals and a partial block — the draft never runs out first."""
+        cache = self.runner.kv_cache
+        per_seq = MAX_FIXED_K + cache.block_size
+        return cache.num_blocks * cache.block_size + self.config.max_num_seqs * per_seq
 
     def set_proposer(self, proposer: Proposer) -> None:
         """Replace the speculation proposer (a new draft version) between two steps.

@@ -49,7 +49,7 @@ from lmaas.engine.sequence import Sequence, SequenceStatus
 from lmaas.engine.speculation.controller import SmartSpecController, SpecRequest
 from lmaas.engine.speculation.metrics import SpecMetrics, SpecStats
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
-from lmaas.engine.speculation.paged_draft import DraftCacheFull
+from lmaas.engine.speculation.paged_draft import DraftCacheFull, PagedDraftBackend
 from lmaas.engine.speculation.policy import SpecPolicy, parse_policy, resolve_policy
 from lmaas.engine.speculation.proposer import Proposer, SpecSequence
 from lmaas.engine.speculation.rejection import pad_proposals, verify
@@ -211,6 +211,8 @@ class Speculator:
             self._specs, prefill_tokens=prefill_tokens, token_budget=token_budget
         )
         ks = plan.ks
+        if looked_up is None and any(ks):
+            ks = self._fit_draft_cache(decoding, ks)
         if looked_up is not None:
             tokens, probs = [t[:k] for t, k in zip(looked_up, ks, strict=True)], None
         elif any(ks):
@@ -233,6 +235,26 @@ class Speculator:
                 seq.draft_token_ids = list(toks)
                 q = probs[i] if probs is not None else None
                 self._proposed[seq.seq_id] = _Proposed(list(toks), q, seq.num_tokens)
+
+    def _fit_draft_cache(self, decoding: list[Sequence], ks: list[int]) -> list[int]:
+        """Speculate only with the requests whose draft cache fits what is free (cheapest
+        first), so that a full draft cache costs some requests' proposals, not all."""
+        backend = getattr(self.proposer, "backend", None)
+        if not isinstance(backend, PagedDraftBackend):
+            return ks
+        needs = {
+            i: backend.blocks_needed(seq.seq_id, seq.num_tokens + ks[i])
+            for i, seq in enumerate(decoding)
+            if ks[i]
+        }
+        free = backend.blocks.num_free_blocks
+        ks = list(ks)
+        for i in sorted(needs, key=needs.__getitem__):
+            if needs[i] <= free:
+                free -= needs[i]
+            else:
+                ks[i] = 0
+        return ks
 
     def verify(
         self, logits: torch.Tensor, entries: list[VerifyEntry]
