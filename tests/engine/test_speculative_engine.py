@@ -54,11 +54,26 @@ def hf_other(tmp_path_factory):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
+def noisy_draft(hf_target):
+    """Layer 1 of the target with a noisy output head: right often, not always."""
+    draft = build_draft(hf_target, [1])
+    with torch.no_grad():
+        head = draft.model.lm_head.weight
+        head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(0)) * 0.1)
+    return draft
+
+
 def make_proposer(kind: str, hf_target, hf_other, engine):
-    """`ngram`, `cut` (layer 0 of the target) or `other` (another random model)."""
+    """`ngram`; drafts: `cut` (layer 0 of the target: nearly always right), `noisy`
+    (`noisy_draft`) or `other` (another random model: nearly always wrong)."""
     if kind == "ngram":
         return PromptLookupProposer()
-    return engine.load_draft_proposer(build_draft(hf_target if kind == "cut" else hf_other, [0]))
+    drafts = {
+        "cut": lambda: build_draft(hf_target, [0]),
+        "noisy": lambda: noisy_draft(hf_target),
+        "other": lambda: build_draft(hf_other, [0]),
+    }
+    return engine.load_draft_proposer(drafts[kind]())
 
 
 def speculating_engine(target_dir, kind, hf_target, hf_other, *, policy="smartspec", **kw):
@@ -73,7 +88,7 @@ def tokens_of(events) -> dict[str, list[int]]:
 
 
 def mixed_requests(adapters: list[str | None]) -> list[GenerateRequest]:
-    """Greedy requests with various policies and adapters, plus one seeded sampled one."""
+    """Greedy requests of two tenants with various policies and adapters."""
     policies = [None, "fixed:3", "smartspec", "fixed:1", "off", "fixed:4"]
     out = []
     for i, prompt in enumerate(PROMPTS):
@@ -100,7 +115,7 @@ def load_adapters(engine, tiny_adapters) -> list[str | None]:
     return [None, "a1", "a2"]
 
 
-@pytest.mark.parametrize("kind", ["ngram", "cut", "other"])
+@pytest.mark.parametrize("kind", ["ngram", "cut", "noisy", "other"])
 @pytest.mark.parametrize("with_lora", [False, True], ids=["base", "lora"])
 def test_greedy_outputs_are_exactly_plain_decoding(
     kind, with_lora, target_dir, hf_target, hf_other, tiny_adapters
@@ -143,6 +158,33 @@ def test_accepted_drafts_save_target_passes(kind, target_dir, hf_target, hf_othe
     figures = spec.stats()["speculation"]
     assert figures["acceptance_rate"] > 0.5
     assert spec.num_forward_passes < 0.7 * plain.num_forward_passes
+
+
+def test_a_stop_string_inside_accepted_drafts_ends_the_output_there(
+    target_dir, hf_target, hf_other
+) -> None:
+    def request(stop: list[str]) -> GenerateRequest:
+        return GenerateRequest(
+            request_id="r",
+            prompt=PROMPTS[4],
+            sampling=SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop=stop),
+        )
+
+    def run(engine, stop: list[str]) -> tuple[str, str | None]:
+        events = engine.generate([request(stop)])["r"]
+        return "".join(e.text for e in events), events[-1].finish_reason
+
+    plain = make_engine(target_dir, CPU)
+    full, _ = run(plain, [])  # (this prompt's answer has text; some are unprintable ids)
+    half = len(full) // 2  # a stop string that first occurs in the second half
+    stop = next(
+        full[i : i + 2] for i in range(half, len(full)) if full.find(full[i : i + 2]) >= half
+    )
+    want = run(plain, [stop])
+    assert want[1] == "stop" and len(want[0]) < len(full)
+    spec = speculating_engine(target_dir, "ngram", hf_target, hf_other, policy="fixed:4")
+    assert run(spec, [stop]) == want
+    assert spec.stats()["speculation"]["accepted_tokens"] > 0
 
 
 def test_requests_choose_their_policy(target_dir, hf_target, hf_other) -> None:
@@ -257,22 +299,12 @@ def test_draft_hot_swap_between_steps_keeps_requests_exact(target_dir, hf_target
 def test_osd_records_where_the_draft_was_right_and_wrong(
     target_dir, hf_target, hf_other, tmp_path
 ) -> None:
-    """Greedy requests under a mediocre draft (layer 1 of the target, noisy): every recorded
+    """Greedy requests under a mediocre draft (`noisy_draft`): every recorded
     position holds the target's token, and the draft's own greedy guess from the tokens
     before it equals that token exactly at the `right` positions, never at `wrong` ones."""
     engine = make_engine(target_dir, CPU)
-    draft = build_draft(hf_target, [1])
-    with torch.no_grad():  # a noisy output head: right often, not always
-        head = draft.model.lm_head.weight
-        head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(0)) * 0.1)
-    proposer = draft_proposer(
-        draft,
-        vocab_size=engine.runner.model_config.vocab_size,
-        num_tokens=1024,
-        block_size=4,
-        dtype=torch.float32,
-        device=CPU,
-    )
+    draft = noisy_draft(hf_target)
+    proposer = engine.load_draft_proposer(draft)
     engine.speculator = Speculator(proposer, max_k=4, policy="fixed:3", model_name="tiny")
     engine.speculator.osd = OSDRecorder(str(tmp_path), "tiny")
     out = tokens_of(engine.generate(mixed_requests([None])))
