@@ -128,11 +128,22 @@ def test_greedy_outputs_are_exactly_plain_decoding(
     if with_lora:
         adapters = load_adapters(plain, tiny_adapters)
         load_adapters(spec, tiny_adapters)
+    mixed_steps = 0
+    forward = spec.runner.forward
+
+    def counting_forward(items):
+        nonlocal mixed_steps
+        verifies = any(i.num_logits > 1 for i in items)
+        mixed_steps += verifies and any(i.num_new_tokens > i.num_logits for i in items)
+        return forward(items)
+
+    spec.runner.forward = counting_forward
     want = tokens_of(plain.generate(mixed_requests(adapters)))
     got = tokens_of(spec.generate(mixed_requests(adapters)))
     assert got == want
     figures = spec.stats()["speculation"]
     assert figures["proposed_tokens"] > 0
+    assert mixed_steps > 0  # passes that verified drafts and computed prompt chunks at once
     if kind != "other":
         assert figures["accepted_tokens"] > 0
     # Every cache slot of rejected drafts went back: nothing is held once all requests end.
