@@ -449,6 +449,13 @@ def test_the_engine_finds_its_proposer_from_the_settings(
     with pytest.raises(ValueError, match="no draft model"):
         make_engine(target_dir, CPU, speculation_proposer="draft", **spec)
 
+    Path(root).mkdir(parents=True)
+    (Path(root) / "LATEST").write_text("v0009")  # names a version that is not there
+    broken = make_engine(target_dir, CPU, speculation_proposer="auto", **spec)
+    assert broken.speculator.proposer.kind == "ngram"  # logged, and prompt lookup serves
+    with pytest.raises(FileNotFoundError):
+        make_engine(target_dir, CPU, speculation_proposer="draft", **spec)
+
     version, _ = save_draft_version(build_draft(hf_target, [0]), root)
     engine = make_engine(target_dir, CPU, speculation_proposer="auto", **spec)
     assert engine.speculator.proposer.kind == "draft"

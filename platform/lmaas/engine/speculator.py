@@ -469,7 +469,10 @@ def create_speculator(
     osd: OSDRecorder | None = None,
     metrics: SpecMetrics | None = None,
 ) -> Speculator | None:
-    """The speculator an `EngineConfig` asks for; None when `speculation_max_k` is 0."""
+    """The speculator an `EngineConfig` asks for; None when `speculation_max_k` is 0.
+
+    `auto` falls back to prompt lookup when there is no draft or it cannot be loaded
+    (logged); `draft` raises then."""
     from lmaas.engine.speculation.prompt_lookup import PromptLookupProposer
 
     max_k = config.speculation_max_k
@@ -487,15 +490,21 @@ def create_speculator(
                 f"{config.draft_url!r} (LMAAS_DRAFT_URL): build one, or use prompt_lookup"
             )
         if found is not None:
-            proposer = draft_proposer(
-                found[1],
-                vocab_size=vocab_size,
-                num_tokens=num_cache_tokens,
-                block_size=config.block_size,
-                dtype=config.dtype,
-                device=config.device,
-            )
-            log.info("speculation: draft model version %d from %s", found[0], found[1])
+            try:
+                proposer = draft_proposer(
+                    found[1],
+                    vocab_size=vocab_size,
+                    num_tokens=num_cache_tokens,
+                    block_size=config.block_size,
+                    dtype=config.dtype,
+                    device=config.device,
+                )
+            except (OSError, ValueError) as exc:  # UnsupportedModelError is a ValueError
+                if kind == "draft":
+                    raise
+                log.warning("speculation: cannot load the draft at %s (%s)", found[1], exc)
+            else:
+                log.info("speculation: draft model version %d from %s", found[0], found[1])
     if proposer is None:
         proposer = PromptLookupProposer()
     return Speculator(
