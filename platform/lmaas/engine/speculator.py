@@ -190,6 +190,8 @@ class Speculator:
             max(0, min(s.max_tokens - s.num_output_tokens, max_model_len - s.num_tokens) - 1)
             for s in decoding
         ]
+        policies = [self.request_policy(s) for s in decoding]
+        limits = [m if p.speculates else 0 for m, p in zip(limits, policies, strict=True)]
         views = [self._view(s, rows.get(s.seq_id)) for s in decoding]
         looked_up: list[list[int]] | None = None
         if self.proposer.kind != "draft":
@@ -200,12 +202,12 @@ class Speculator:
             SpecRequest(
                 s.seq_id,
                 s.num_computed_tokens,
-                self.request_policy(s),
+                policy,
                 s.tenant_id,
                 s.adapter_id,
                 max_proposals=limit,
             )
-            for s, limit in zip(decoding, limits, strict=True)
+            for s, policy, limit in zip(decoding, policies, limits, strict=True)
         ]
         plan = self.controller.plan(
             self._specs, prefill_tokens=prefill_tokens, token_budget=token_budget
