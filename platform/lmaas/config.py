@@ -229,6 +229,20 @@ class Settings(BaseSettings):
         "bound of `smartspec`); 0 = never speculate. The operator sets it from a "
         "ModelService's `numSpeculativeTokens`.",
     )
+    speculation_proposer: Literal["draft", "prompt_lookup", "auto"] = Field(
+        default="auto",
+        description="Who proposes draft tokens: `draft` (a small draft model sharing the "
+        "target's tokenizer, see `LMAAS_DRAFT_URL`), `prompt_lookup` (n-grams of the prompt "
+        "and output so far: free, good for grounded answers) or `auto` (the draft model when "
+        "one is found, else prompt lookup).",
+    )
+    draft_url: str | None = Field(
+        default=None,
+        description="Where the runtime finds its draft model: a folder (or fsspec URL) of "
+        "draft versions with a `LATEST` file (what `lmaas.finetune.draft_builder` writes; the "
+        "runtime hot-swaps newer versions) or one draft folder. Default "
+        "`<artifact URL>/drafts/<model name>`.",
+    )
     log_level: str = Field(default="INFO", description="Log level of every process.")
 
     @field_validator("home", mode="after")
@@ -256,6 +270,12 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_url(self) -> str:
         return self.artifact_url or str(self.home / "artifacts")
+
+    @property
+    def resolved_draft_url(self) -> str:
+        return (
+            self.draft_url or f"{self.resolved_artifact_url.rstrip('/')}/drafts/{self.model_name}"
+        )
 
     @property
     def resolved_runtime_urls(self) -> list[str]:
