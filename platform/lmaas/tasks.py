@@ -38,6 +38,9 @@ def create_celery(settings: Settings, *, include: Sequence[str] = ()) -> Celery:
         settings.home.mkdir(parents=True, exist_ok=True)
         # Passed to sqlalchemy.create_engine: wait for SQLite's lock instead of failing.
         transport_options = {"connect_args": {"timeout": 30}}
+    elif broker.startswith(("redis", "rediss")):
+        # An unacknowledged message (its worker died mid-task) is delivered again after this.
+        transport_options = {"visibility_timeout": settings.broker_visibility_timeout_s}
     app = Celery("lmaas", broker=broker, include=list(include), set_as_current=False)
     app.conf.update(
         task_default_queue=settings.task_queue,

@@ -1,0 +1,741 @@
+"""Run one fine-tune job from the database: lease, data, training, checkpoints, result.
+
+`JobRunner.run(job_id)` is what the worker's task calls (Celery stays out of this module):
+
+1. **Claim** (`claim_job`): the job row is the truth. A terminal job (succeeded, failed,
+   cancelled) is left alone, so running a job twice changes nothing. A `running` job whose
+   worker sent a heartbeat less than `job_lease_timeout_s` ago belongs to that worker and
+   is refused. Otherwise one compare-and-set UPDATE (on `attempts`) makes it ours:
+   status running, `worker`, ``attempts + 1``, `heartbeat_at`. The pair (worker, attempts)
+   is the lease: every later write is conditional on it, so a worker that lost its lease
+   (declared dead, then woke up) can no longer change the job and stops.
+2. **Data**: the files are fetched from the artifact store and validated line by line
+   (`lmaas.finetune.data`); a bad file fails the job with the line in the message.
+3. **Resume**: the newest uploaded checkpoint (`JobCheckpoint`) is downloaded into the
+   local work folder unless a newer one is already there; `TrainingRun` resumes from it.
+4. **Train** (`TrainingRun`): a heartbeat thread refreshes `heartbeat_at` every
+   `job_heartbeat_s`; after each step the job's step, total_steps and trained_tokens are
+   written, every `job_event_every` steps a progress event (step, total, loss); before
+   each step `cancel_requested` is read, so a cancel stops the run within one step. Each
+   checkpoint (every ``checkpoint_every`` steps, a hyperparameter) is uploaded and
+   recorded as a `JobCheckpoint`; only the newest `KEEP_CHECKPOINTS` are kept.
+5. **Register**: a LoRA result becomes an `Adapter` of the tenant named after the job
+   (`fine_tuned_model_name`), stored like an uploaded adapter; a QFT result becomes a
+   tenant-owned `ServedModel` (a Hugging Face folder the engine loads), plus an `Adapter`
+   when the hyperparameters ask ``qft_export: lora``. The rows and ``status = succeeded``
+   are written in one transaction.
+
+Failures the tenant can fix end the job `failed` with an OpenAI-style error
+``{"code", "message", "param"}``; a job that keeps killing its worker fails after
+`job_max_attempts` claims.
+
+`sweep_stale_jobs` finds the jobs that lost their worker (a `running` job whose heartbeat
+is older than the lease timeout) or their message (a `queued` job nobody claimed within
+the lease timeout) and sends the task again; see `lmaas.worker.finetune_tasks`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fsspec.core import url_to_fs
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from lmaas.config import Settings
+from lmaas.finetune.checkpoint import CheckpointStore
+from lmaas.finetune.data import DataFileError, load_chat_jsonl
+from lmaas.finetune.hyperparameters import HyperparameterError, parse_hyperparameters
+from lmaas.finetune.naming import fine_tuned_model_name
+from lmaas.finetune.qft_train import QFT_FULL_SUBFOLDER
+from lmaas.finetune.trainer import CheckpointInfo, Progress, TrainingError, TrainingRun
+from lmaas.store import Database
+from lmaas.store.artifacts import ArtifactStore, fetch_file, fetch_folder
+from lmaas.store.models import (
+    Adapter,
+    FileObject,
+    FineTuneJob,
+    JobCheckpoint,
+    JobEvent,
+    ServedModel,
+    Tenant,
+    utcnow,
+)
+
+__all__ = [
+    "CHECKPOINT_FILES",
+    "KEEP_CHECKPOINTS",
+    "TERMINAL_STATUSES",
+    "Claim",
+    "JobFailure",
+    "JobRunner",
+    "claim_job",
+    "default_worker_name",
+    "sweep_stale_jobs",
+]
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+CHECKPOINT_FILES = ["tensors.safetensors", "state.pt", "meta.json"]
+KEEP_CHECKPOINTS = 2
+
+
+class JobFailure(Exception):
+    """The job cannot succeed for a reason stated to the tenant (OpenAI error fields)."""
+
+    def __init__(self, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.param = message, code, param
+
+    def as_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "param": self.param}
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now (ours was declared dead): stop, write nothing."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The lease this worker holds on a job: writes are conditional on (worker, attempt)."""
+
+    job_id: str
+    worker: str
+    attempt: int
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back (stored in UTC); PostgreSQL aware ones."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _event(session: Session, job_id: str, message: str, level: str = "info", **data: Any) -> None:
+    session.add(JobEvent(job_id=job_id, level=level, message=message, data=data or None))
+
+
+def _lease_filter(claim: Claim) -> tuple[Any, ...]:
+    return (
+        FineTuneJob.id == claim.job_id,
+        FineTuneJob.status == "running",
+        FineTuneJob.worker == claim.worker,
+        FineTuneJob.attempts == claim.attempt,
+    )
+
+
+def claim_job(
+    db: Database,
+    job_id: str,
+    worker: str,
+    *,
+    lease_timeout_s: float,
+    max_attempts: int,
+    now: datetime | None = None,
+) -> Claim | str:
+    """Take the lease on `job_id`, or say why not (``missing``, ``terminal``, ``leased``,
+    ``raced``, or the terminal status it was moved to: ``cancelled``, ``failed``)."""
+    now = now or utcnow()
+    with db.session() as session:
+        job = session.get(FineTuneJob, job_id)
+        if job is None:
+            return "missing"
+        if job.status in TERMINAL_STATUSES:
+            return "terminal"
+        heartbeat = _aware(job.heartbeat_at)
+        fresh = heartbeat is not None and now - heartbeat < timedelta(seconds=lease_timeout_s)
+        if job.status == "running" and fresh and job.worker != worker:
+            return "leased"
+        seen = (FineTuneJob.id == job_id, FineTuneJob.attempts == job.attempts)
+        seen_status = FineTuneJob.status == job.status
+        if job.cancel_requested:
+            values: dict[str, Any] = {"status": "cancelled", "finished_at": now}
+            outcome, message = "cancelled", "The job was cancelled before it ran"
+        elif job.attempts >= max_attempts:
+            values = {
+                "status": "failed",
+                "finished_at": now,
+                "error": JobFailure(
+                    f"the job was interrupted {job.attempts} times (its worker stopped, e.g. "
+                    "out of memory); lower batch_size or max_seq_len, or create the job again",
+                    "job_interrupted",
+                ).as_error(),
+            }
+            outcome, message = "failed", "The job was interrupted too often"
+        else:
+            values = {
+                "status": "running",
+                "worker": worker,
+                "attempts": job.attempts + 1,
+                "heartbeat_at": now,
+                "started_at": job.started_at or now,
+                "error": None,
+            }
+            outcome = "claimed"
+            message = (
+                "Fine-tuning job started"
+                if job.attempts == 0
+                else f"Fine-tuning job resumed (attempt {job.attempts + 1})"
+            )
+        result = session.execute(update(FineTuneJob).where(*seen, seen_status).values(**values))
+        if result.rowcount != 1:
+            return "raced"
+        _event(session, job_id, message, worker=worker, attempt=job.attempts + 1)
+    if outcome != "claimed":
+        return outcome
+    return Claim(job_id, worker, job.attempts + 1)
+
+
+def sweep_stale_jobs(
+    db: Database,
+    send: Callable[[str], None],
+    *,
+    lease_timeout_s: float,
+    now: datetime | None = None,
+) -> list[str]:
+    """Requeue jobs whose worker died and re-send jobs whose message was lost; their ids.
+
+    A `running` job whose heartbeat is older than the lease timeout goes back to `queued`
+    (its old worker, if it wakes up, has lost its lease). A `queued` job not claimed within
+    the lease timeout of its creation (or of the last re-send, kept in `heartbeat_at`) is
+    sent again. Each change is a compare-and-set, so concurrent sweepers send once;
+    a duplicate message is harmless (a claimed or finished job refuses it).
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=lease_timeout_s)
+    sent: list[str] = []
+    with db.session() as session:
+        stale = session.execute(
+            select(FineTuneJob.id, FineTuneJob.status, FineTuneJob.heartbeat_at, FineTuneJob.worker)
+            .where(
+                or_(
+                    (FineTuneJob.status == "running")
+                    & or_(FineTuneJob.heartbeat_at.is_(None), FineTuneJob.heartbeat_at < cutoff),
+                    (FineTuneJob.status == "queued")
+                    & or_(
+                        FineTuneJob.heartbeat_at < cutoff,
+                        FineTuneJob.heartbeat_at.is_(None) & (FineTuneJob.created_at < cutoff),
+                    ),
+                )
+            )
+            .order_by(FineTuneJob.created_at)
+        ).all()
+        for job_id, status, heartbeat, worker in stale:
+            same_heartbeat = (
+                FineTuneJob.heartbeat_at.is_(None)
+                if heartbeat is None
+                else FineTuneJob.heartbeat_at == heartbeat
+            )
+            changed = session.execute(
+                update(FineTuneJob)
+                .where(FineTuneJob.id == job_id, FineTuneJob.status == status, same_heartbeat)
+                .values(status="queued", heartbeat_at=now)
+            ).rowcount
+            if changed != 1:
+                continue
+            if status == "running":
+                _event(
+                    session,
+                    job_id,
+                    f"The worker {worker} stopped sending heartbeats; the job was requeued "
+                    "and resumes from its last checkpoint",
+                    level="warning",
+                    worker=worker,
+                )
+            sent.append(job_id)
+    for job_id in sent:
+        send(job_id)
+    return sent
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the lease every `interval_s` until stopped; sets `lost` if it was taken."""
+
+    def __init__(self, db: Database, claim: Claim, interval_s: float, lost: threading.Event):
+        super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
+        self.db, self.claim, self.interval_s, self.lost = db, claim, interval_s, lost
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                with self.db.session() as session:
+                    changed = session.execute(
+                        update(FineTuneJob)
+                        .where(*_lease_filter(self.claim))
+                        .values(heartbeat_at=utcnow())
+                    ).rowcount
+                if changed != 1:
+                    log.warning("job %s: lease lost, stopping", self.claim.job_id)
+                    self.lost.set()
+                    return
+            except Exception:  # the database blinked: try again at the next beat
+                log.exception("job %s: heartbeat failed", self.claim.job_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=30)
+
+
+@dataclass(frozen=True)
+class _JobSpec:
+    """What the runner reads of the job once, at the start."""
+
+    job_id: str
+    tenant_id: str
+    tenant_name: str
+    model: str
+    method: str
+    hyperparameters: dict[str, Any]
+    suffix: str | None
+    training_uri: str
+    validation_uri: str | None
+
+
+class JobRunner:
+    """Runs fine-tune jobs of one deployment in this process (one at a time per object)."""
+
+    def __init__(
+        self,
+        db: Database,
+        artifacts: ArtifactStore,
+        settings: Settings,
+        *,
+        worker: str | None = None,
+        device: str = "auto",
+    ) -> None:
+        self.db = db
+        self.artifacts = artifacts
+        self.settings = settings
+        self.worker = worker or default_worker_name()
+        self.device = device
+        self.work_root = settings.home / "finetune-jobs"
+
+    # Entry point ---------------------------------------------------------------------
+
+    def run(self, job_id: str) -> str:
+        """Run (or resume) `job_id`; returns its final status or why it was not run."""
+        claim = claim_job(
+            self.db,
+            job_id,
+            self.worker,
+            lease_timeout_s=self.settings.job_lease_timeout_s,
+            max_attempts=self.settings.job_max_attempts,
+        )
+        if not isinstance(claim, Claim):
+            log.info("job %s not run: %s", job_id, claim)
+            return claim
+        lost = threading.Event()
+        heartbeat = _Heartbeat(self.db, claim, self.settings.job_heartbeat_s, lost)
+        heartbeat.start()
+        work_dir = self.work_root / job_id
+        try:
+            status = _ClaimedJob(self, claim, lost, work_dir).run()
+        except LeaseLost:
+            log.warning("job %s: another worker took it over; stopped", job_id)
+            return "lease_lost"
+        except JobFailure as failure:
+            status = self._fail(claim, failure)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            status = self._fail(
+                claim, JobFailure(f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+            )
+        finally:
+            heartbeat.stop()
+        if status in TERMINAL_STATUSES:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        return status
+
+    def _fail(self, claim: Claim, failure: JobFailure) -> str:
+        try:
+            finish(
+                self.db, claim, "failed", failure.message, level="error", error=failure.as_error()
+            )
+        except LeaseLost:
+            return "lease_lost"
+        return "failed"
+
+
+def finish(
+    db: Database,
+    claim: Claim,
+    status: str,
+    message: str,
+    *,
+    level: str = "info",
+    session_work: Callable[[Session], None] | None = None,
+    **values: Any,
+) -> None:
+    """End the job (if we still hold its lease): status, finished_at, an event, and what
+    `session_work` adds in the same transaction; `LeaseLost` otherwise."""
+    with db.session() as session:
+        if session_work is not None:
+            session_work(session)
+        changed = session.execute(
+            update(FineTuneJob)
+            .where(*_lease_filter(claim))
+            .values(status=status, finished_at=utcnow(), heartbeat_at=utcnow(), **values)
+        ).rowcount
+        if changed != 1:
+            session.rollback()
+            raise LeaseLost(claim.job_id)
+        _event(session, claim.job_id, message, level=level)
+
+
+class _ClaimedJob:
+    """One attempt at a job this worker holds the lease of."""
+
+    def __init__(
+        self, runner: JobRunner, claim: Claim, lost: threading.Event, work_dir: Path
+    ) -> None:
+        self.runner, self.claim, self.lost, self.work_dir = runner, claim, lost, work_dir
+        self.db, self.artifacts, self.settings = runner.db, runner.artifacts, runner.settings
+
+    # Steps ---------------------------------------------------------------------------
+
+    def run(self) -> str:
+        spec = self._read_spec()
+        try:
+            hp = parse_hyperparameters(spec.hyperparameters, spec.method)
+        except HyperparameterError as exc:
+            raise JobFailure(str(exc), "invalid_hyperparameters", "hyperparameters") from None
+        data_dir = self.work_dir / "data"
+        training = self._fetch_data(spec.training_uri, data_dir / "training.jsonl", "training")
+        validation = (
+            self._fetch_data(spec.validation_uri, data_dir / "validation.jsonl", "validation")
+            if spec.validation_uri
+            else None
+        )
+        base = self._base_model_path(spec)
+        self._restore_checkpoint()
+        run = TrainingRun(
+            base_model=base,
+            training_file=training,
+            validation_file=validation,
+            work_dir=self.work_dir / "run",
+            hyperparameters=hp,
+            device=self.runner.device,
+            on_progress=self._on_progress,
+            on_event=self._on_event,
+            on_checkpoint=self._on_checkpoint,
+            should_cancel=self._should_cancel,
+            max_file_bytes=self.settings.max_file_bytes,
+            keep_checkpoints=KEEP_CHECKPOINTS,
+            model_cache_dir=self.settings.model_cache_dir,
+        )
+        try:
+            result = run.run()
+        except (TrainingError, DataFileError) as exc:
+            raise JobFailure(str(exc), "training_error") from None
+        except ValueError as exc:  # e.g. LoRA target modules this model does not have
+            raise JobFailure(str(exc), "invalid_hyperparameters", "hyperparameters") from None
+        if self.lost.is_set():
+            raise LeaseLost(self.claim.job_id)
+        if result.status == "cancelled":
+            finish(
+                self.db, self.claim, "cancelled", f"The job was cancelled at step {result.steps}"
+            )
+            return "cancelled"
+        assert result.output_dir is not None
+        self._register(spec, result.output_dir, result.output_kind, result.trained_tokens)
+        return "succeeded"
+
+    def _read_spec(self) -> _JobSpec:
+        with self.db.session() as session:
+            job = session.get(FineTuneJob, self.claim.job_id)
+            assert job is not None
+            tenant = session.get(Tenant, job.tenant_id)
+            assert tenant is not None
+
+            def file_uri(file_id: str | None, param: str) -> str | None:
+                if file_id is None:
+                    return None
+                row = session.get(FileObject, file_id)
+                if row is None or row.tenant_id != job.tenant_id:
+                    raise JobFailure(
+                        f"the {param.replace('_', ' ')} {file_id} does not exist (deleted?); "
+                        "upload it again and create a new job",
+                        "file_not_found",
+                        param,
+                    )
+                return row.uri
+
+            training = file_uri(job.training_file_id, "training_file")
+            assert training is not None
+            return _JobSpec(
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                tenant_name=tenant.name,
+                model=job.model,
+                method=job.method,
+                hyperparameters=dict(job.hyperparameters or {}),
+                suffix=job.suffix,
+                training_uri=training,
+                validation_uri=file_uri(job.validation_file_id, "validation_file"),
+            )
+
+    def _fetch_data(self, uri: str, local: Path, what: str) -> Path:
+        tmp = local.with_suffix(".tmp")
+        try:
+            fetch_file(uri, tmp)
+        except FileNotFoundError:
+            raise JobFailure(
+                f"the {what} file is missing from the store; upload it again",
+                "file_not_found",
+                f"{what}_file",
+            ) from None
+        os.replace(tmp, local)
+        try:
+            load_chat_jsonl(local, max_bytes=self.settings.max_file_bytes)
+        except DataFileError as exc:
+            raise JobFailure(
+                f"the {what} file is invalid: {str(exc).removeprefix('invalid fine-tune file: ')}",
+                f"invalid_{what}_file",
+                f"{what}_file",
+            ) from None
+        return local
+
+    def _base_model_path(self, spec: _JobSpec) -> Path:
+        with self.db.session() as session:
+            row = session.get(ServedModel, spec.model)
+            if row is not None and row.tenant_id not in (None, spec.tenant_id):
+                row = None
+            uri = row.uri if row is not None else None
+        if uri is None and spec.model != self.settings.model_name:
+            raise JobFailure(
+                f"the model `{spec.model}` does not exist or you do not have access to it",
+                "model_not_found",
+                "model",
+            )
+        if uri is None or uri == "default" or (row is not None and row.tenant_id is None):
+            if uri not in (None, "default") and Path(uri).expanduser().exists():
+                return Path(uri).expanduser()
+            return self.settings.resolved_base_model
+        if "://" not in uri:
+            return Path(uri).expanduser()
+        local = self.settings.model_cache_dir / "served" / spec.model.replace(":", "_")
+        if not (local / "config.json").is_file():
+            fs, path = url_to_fs(uri)
+            names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+            tmp = local.with_name(local.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            fetch_folder(uri, names, tmp)
+            shutil.rmtree(local, ignore_errors=True)
+            os.replace(tmp, local)
+        return local
+
+    def _restore_checkpoint(self) -> None:
+        """Download the newest uploaded checkpoint unless the work folder has it already."""
+        with self.db.session() as session:
+            newest = session.execute(
+                select(JobCheckpoint.step, JobCheckpoint.uri)
+                .where(JobCheckpoint.job_id == self.claim.job_id)
+                .order_by(JobCheckpoint.step.desc())
+                .limit(1)
+            ).first()
+        if newest is None:
+            return
+        step, uri = newest
+        folder = self.work_dir / "run" / "checkpoints"
+        local = CheckpointStore(folder, fingerprint="").latest()
+        if local is not None and int(local.name.removeprefix("step-")) >= step:
+            return
+        name = f"step-{step:08d}"
+        tmp = folder / f".{name}.download"
+        shutil.rmtree(tmp, ignore_errors=True)
+        fetch_folder(uri, CHECKPOINT_FILES, tmp)
+        shutil.rmtree(folder / name, ignore_errors=True)
+        os.replace(tmp, folder / name)
+        (folder / "latest").write_text(name)
+        log.info("job %s: downloaded the checkpoint of step %d", self.claim.job_id, step)
+
+    # Callbacks of the training run -----------------------------------------------------
+
+    def _should_cancel(self) -> bool:
+        if self.lost.is_set():
+            return True
+        with self.db.session() as session:
+            row = session.execute(
+                select(FineTuneJob.cancel_requested).where(*_lease_filter(self.claim))
+            ).first()
+        if row is None:
+            self.lost.set()
+            return True
+        return bool(row[0])
+
+    def _on_progress(self, p: Progress) -> None:
+        with self.db.session() as session:
+            changed = session.execute(
+                update(FineTuneJob)
+                .where(*_lease_filter(self.claim))
+                .values(
+                    step=p.step,
+                    total_steps=p.total_steps,
+                    trained_tokens=p.trained_tokens,
+                    heartbeat_at=utcnow(),
+                )
+            ).rowcount
+            if changed != 1:
+                self.lost.set()
+                return
+            every = self.settings.job_event_every
+            if p.step % every == 0 or p.step == p.total_steps or p.step == 1:
+                message = f"Step {p.step}/{p.total_steps}: training loss={p.train_loss:.4f}"
+                if p.val_loss is not None:
+                    message += f", validation loss={p.val_loss:.4f}"
+                _event(
+                    session,
+                    self.claim.job_id,
+                    message,
+                    step=p.step,
+                    total_steps=p.total_steps,
+                    train_loss=p.train_loss,
+                    val_loss=p.val_loss,
+                    trained_tokens=p.trained_tokens,
+                    learning_rate=p.learning_rate,
+                )
+
+    def _on_event(self, level: str, message: str, data: dict[str, Any] | None) -> None:
+        with self.db.session() as session:
+            session.add(JobEvent(job_id=self.claim.job_id, level=level, message=message, data=data))
+
+    def _on_checkpoint(self, info: CheckpointInfo) -> None:
+        if self.lost.is_set():
+            return
+        key = f"{self._job_key()}/checkpoints/step-{info.step:08d}"
+        uri = self.artifacts.put_folder(info.path, key)
+        with self.db.session() as session:
+            existing = session.execute(
+                select(JobCheckpoint).where(
+                    JobCheckpoint.job_id == self.claim.job_id, JobCheckpoint.step == info.step
+                )
+            ).scalar_one_or_none()
+            if existing is None:
+                session.add(
+                    JobCheckpoint(
+                        job_id=self.claim.job_id, step=info.step, uri=uri, metrics=info.metrics
+                    )
+                )
+            else:
+                existing.uri, existing.metrics = uri, info.metrics
+            _event(
+                session,
+                self.claim.job_id,
+                f"Checkpoint created at step {info.step}",
+                step=info.step,
+            )
+            session.flush()
+            old = session.execute(
+                select(JobCheckpoint)
+                .where(JobCheckpoint.job_id == self.claim.job_id)
+                .order_by(JobCheckpoint.step.desc())
+                .offset(KEEP_CHECKPOINTS)
+            ).scalars()
+            dropped = [(c.step, c) for c in old]
+            for _, checkpoint in dropped:
+                session.delete(checkpoint)
+        for step, _ in dropped:
+            self.artifacts.delete(f"{self._job_key()}/checkpoints/step-{step:08d}")
+
+    # The result ----------------------------------------------------------------------
+
+    def _job_key(self) -> str:
+        with self.db.session() as session:
+            tenant_id = session.execute(
+                select(FineTuneJob.tenant_id).where(FineTuneJob.id == self.claim.job_id)
+            ).scalar_one()
+        return f"tenants/{tenant_id}/fine_tuning/{self.claim.job_id}"
+
+    def _register(
+        self, spec: _JobSpec, output: Path, kind: str | None, trained_tokens: int
+    ) -> None:
+        name = fine_tuned_model_name(spec.model, spec.tenant_name, spec.suffix, spec.job_id)
+        rows: list[Callable[[Session], None]] = []
+        if spec.method == "qft":
+            # qft_export: lora → the adapter in `output`, the full model beside it
+            full = output if kind == "full_model" else output / QFT_FULL_SUBFOLDER
+            rows.append(self._served_model(spec, name, full))
+            if kind == "lora_adapter":  # the served model has the name; the adapter ":lora"
+                rows.append(self._adapter(spec, f"{name}:lora", output))
+        else:
+            rows.append(self._adapter(spec, name, output))
+
+        def add_rows(session: Session) -> None:
+            for add in rows:
+                add(session)
+
+        finish(
+            self.db,
+            self.claim,
+            "succeeded",
+            f"The job has successfully completed: new fine-tuned model {name}",
+            session_work=add_rows,
+            fine_tuned_model=name,
+            trained_tokens=trained_tokens,
+        )
+
+    def _adapter(self, spec: _JobSpec, name: str, folder: Path) -> Callable[[Session], None]:
+        from lmaas.adapters import ADAPTER_WEIGHTS, parse_adapter
+
+        adapter_spec = parse_adapter(folder)
+        adapter_id = "adp-" + spec.job_id.split("-", 1)[-1]  # one per job: idempotent
+        uri = self.artifacts.put_folder(folder, f"tenants/{spec.tenant_id}/adapters/{adapter_id}")
+        weights = folder / ADAPTER_WEIGHTS
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        digest = _sha256(weights)
+
+        def add(session: Session) -> None:
+            row = session.get(Adapter, adapter_id) or Adapter(
+                id=adapter_id, tenant_id=spec.tenant_id
+            )
+            row.name, row.base_model, row.uri = name, spec.model, uri
+            row.rank, row.alpha = adapter_spec.rank, adapter_spec.alpha
+            row.target_modules = adapter_spec.target_modules
+            row.size_bytes, row.sha256 = size, digest
+            row.source, row.status, row.verified_at = "finetune", "ready", utcnow()
+            session.add(row)
+            _event(
+                session, spec.job_id, f"New fine-tuned adapter created: {name}", adapter=adapter_id
+            )
+
+        return add
+
+    def _served_model(self, spec: _JobSpec, name: str, folder: Path) -> Callable[[Session], None]:
+        if not (folder / "config.json").is_file():
+            raise RuntimeError(f"the QFT export at {folder} has no config.json")
+        uri = self.artifacts.put_folder(folder, f"tenants/{spec.tenant_id}/models/{spec.job_id}")
+        config = json.loads((folder / "config.json").read_text())
+
+        def add(session: Session) -> None:
+            row = session.get(ServedModel, name) or ServedModel(id=name)
+            row.tenant_id, row.parent, row.uri = spec.tenant_id, spec.model, uri
+            row.architecture = str(config.get("model_type", "llama"))
+            session.add(row)
+            _event(session, spec.job_id, f"New fine-tuned model created: {name}", model=name)
+
+        return add
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
