@@ -162,6 +162,7 @@ def claim_job(
         fresh = heartbeat is not None and now - heartbeat < timedelta(seconds=lease_timeout_s)
         if job.status == "running" and fresh and job.worker != worker:
             return "leased"
+        attempt = job.attempts + 1  # read before the UPDATE (which refreshes `job`)
         seen = (FineTuneJob.id == job_id, FineTuneJob.attempts == job.attempts)
         seen_status = FineTuneJob.status == job.status
         if job.cancel_requested:
@@ -182,7 +183,7 @@ def claim_job(
             values = {
                 "status": "running",
                 "worker": worker,
-                "attempts": job.attempts + 1,
+                "attempts": attempt,
                 "heartbeat_at": now,
                 "started_at": job.started_at or now,
                 "error": None,
@@ -191,15 +192,15 @@ def claim_job(
             message = (
                 "Fine-tuning job started"
                 if job.attempts == 0
-                else f"Fine-tuning job resumed (attempt {job.attempts + 1})"
+                else f"Fine-tuning job resumed (attempt {attempt})"
             )
         result = session.execute(update(FineTuneJob).where(*seen, seen_status).values(**values))
         if result.rowcount != 1:
             return "raced"
-        _event(session, job_id, message, worker=worker, attempt=job.attempts + 1)
+        _event(session, job_id, message, worker=worker, attempt=attempt)
     if outcome != "claimed":
         return outcome
-    return Claim(job_id, worker, job.attempts + 1)
+    return Claim(job_id, worker, attempt)
 
 
 def sweep_stale_jobs(
@@ -270,10 +271,10 @@ class _Heartbeat(threading.Thread):
     def __init__(self, db: Database, claim: Claim, interval_s: float, lost: threading.Event):
         super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
         self.db, self.claim, self.interval_s, self.lost = db, claim, interval_s, lost
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             try:
                 with self.db.session() as session:
                     changed = session.execute(
@@ -289,7 +290,7 @@ class _Heartbeat(threading.Thread):
                 log.exception("job %s: heartbeat failed", self.claim.job_id)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=30)
 
 

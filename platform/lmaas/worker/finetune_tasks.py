@@ -55,7 +55,7 @@ class JobSweeper(threading.Thread):
         super().__init__(name="lmaas-job-sweeper", daemon=True)
         self.app = app
         self.settings = worker_context(app).settings
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def sweep_once(self) -> list[str]:
         ctx = worker_context(self.app)
@@ -69,14 +69,14 @@ class JobSweeper(threading.Thread):
         return sent
 
     def run(self) -> None:
-        while not self._stop.wait(self.settings.job_sweep_interval_s):
+        while not self._halt.wait(self.settings.job_sweep_interval_s):
             try:
                 self.sweep_once()
             except Exception:  # the database or broker blinked: next round
                 log.exception("the fine-tune job sweep failed")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 _sweepers: dict[int, JobSweeper] = {}
