@@ -3,6 +3,7 @@ checkpoints are recorded, a dead worker's job resumes, cancel and bad data end i
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -86,7 +87,7 @@ def test_a_lora_job_is_served_as_an_adapter_with_events_and_checkpoints(
     assert not (settings.home / "finetune-jobs" / job_id).exists(), "work folder cleaned up"
 
     # running it again (a redelivered message) changes nothing
-    before = {c: getattr(job, c) for c in FineTuneJob.__table__.columns.keys()}
+    before = {c: getattr(job, c) for c in FineTuneJob.__mapper__.columns.keys()}  # noqa: SIM118
     assert runner(db, settings, worker="w2").run(job_id) == "terminal"
     after = get_job(db, job_id)
     assert {c: getattr(after, c) for c in before} == before
@@ -169,7 +170,7 @@ def test_a_bad_training_file_fails_the_job_naming_the_line(
     db: Database, settings: Settings, tmp_path: Path
 ) -> None:
     bad = tmp_path / "bad.jsonl"
-    good = [__import__("json").dumps(r) for r in arithmetic_chats(3)]
+    good = [json.dumps(r) for r in arithmetic_chats(3)]
     bad.write_text("\n".join([good[0], good[1], '{"messages": [{"role": "user"', good[2]]) + "\n")
     job_id = create_job(db, settings, tmp_path, training=bad)
     assert runner(db, settings).run(job_id) == "failed"
