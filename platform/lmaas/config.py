@@ -199,7 +199,7 @@ class Settings(BaseSettings):
         default=3600.0,
         gt=0,
         description="Redis broker: a task message not acknowledged this long after delivery "
-        "(its worker died) is delivered again.",
+        "(its worker died) is delivered again; keep it above `LMAAS_JOB_LEASE_TIMEOUT_S`.",
     )
     request_timeout_s: float = Field(
         default=600.0, description="Longest time the gateway waits on a runtime for one request."

@@ -30,7 +30,7 @@ import threading
 from typing import Any
 
 from celery import Celery, Task, shared_task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from lmaas.finetune.job_runner import JobRunner, default_worker_name, sweep_stale_jobs
 from lmaas.tasks import FINETUNE_RUN_JOB
@@ -80,6 +80,15 @@ class JobSweeper(threading.Thread):
 
 
 _sweepers: dict[int, JobSweeper] = {}
+
+
+@worker_init.connect
+def _preload_training_libraries(**_: Any) -> None:
+    """Import peft and transformers once in the worker's main process, before the pool
+    forks: each job then starts training in about a second instead of after seconds of
+    imports."""
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
 
 
 @worker_ready.connect
