@@ -55,7 +55,9 @@ def settings(
         redis_prefix=redis_prefix,
         task_queue=f"lmaas-{redis_prefix}",
         job_sweep_interval_s=0,  # show that Redis itself redelivers
-        broker_visibility_timeout_s=LEASE_TIMEOUT_S + 2,
+        # longer than delivery → kill → stale lease (a message redelivered while its job
+        # still runs is refused and acknowledged: then only the sweeper recovers the job)
+        broker_visibility_timeout_s=LEASE_TIMEOUT_S + 12,
     )
     import sqlalchemy
 

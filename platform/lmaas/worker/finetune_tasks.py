@@ -9,11 +9,14 @@ acknowledged after the task (`acks_late`, the app's default).
 A worker that dies (SIGKILL, out of memory, a lost node) never acknowledges its message:
 
 - over **Redis** the message is delivered again once `LMAAS_BROKER_VISIBILITY_TIMEOUT_S`
-  has passed (kombu's visibility timeout);
+  has passed (kombu's visibility timeout). If that happens while the job still runs (a job
+  longer than the timeout), the second worker refuses it (fresh lease) and acknowledges
+  it: should the first worker die later, no message is left;
 - the embedded **SQLite** broker (kombu's SQLAlchemy transport) hides a message when it is
   received and never restores it, so nothing would ever run the job again.
 
-So every worker also runs a **sweeper**: a thread started on `worker_ready` that every
+So every worker also runs a **sweeper** (the recovery that always works; Redis's
+redelivery is the quicker path when it applies): a thread started on `worker_ready` that every
 `LMAAS_JOB_SWEEP_INTERVAL_S` calls `sweep_stale_jobs` — a `running` job whose heartbeat is
 older than `LMAAS_JOB_LEASE_TIMEOUT_S` is requeued, a `queued` job nobody claimed within
 that time is sent again — whatever the broker. We chose the worker over celery beat
