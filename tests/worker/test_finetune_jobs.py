@@ -178,3 +178,34 @@ def test_a_killed_worker_job_is_resumed_by_another_worker(
             select(Adapter).where(Adapter.name == job.fine_tuned_model)
         ).scalar_one()
     assert adapter.base_model == TINY_MODEL and adapter.status == "ready"
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_the_sweeper_sends_a_job_whose_message_was_lost(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """No message was ever sent for this queued job (or it was lost): the worker's sweeper
+    sends it once the lease timeout has passed, and an in-thread worker runs it."""
+    from celery.contrib.testing.worker import start_worker as start_thread_worker
+
+    from lmaas.worker import create_worker_app
+    from lmaas.worker.finetune_tasks import JobSweeper
+
+    settings = job_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'lmaas.db'}", tiny_model_dir, job_lease_timeout_s=1
+    )
+    database = Database(settings.resolved_database_url)
+    try:
+        job_id = create_job(database, settings, tmp_path)
+        app = create_worker_app(settings)
+        assert FINETUNE_RUN_JOB in app.tasks
+        sweeper = JobSweeper(app)
+        assert sweeper.sweep_once() == []  # just created: its message may still come
+        time.sleep(1.1)
+        with start_thread_worker(app, perform_ping_check=False, pool="solo", shutdown_timeout=30):
+            assert sweeper.sweep_once() == [job_id]
+            wait_until(lambda: job_row(database, job_id).status == "succeeded", 120, "the job", [])
+        job = job_row(database, job_id)
+        assert job.attempts == 1 and job.fine_tuned_model
+    finally:
+        database.dispose()
