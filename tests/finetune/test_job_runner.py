@@ -4,6 +4,10 @@ checkpoints are recorded, a dead worker's job resumes, cancel and bad data end i
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from lmaas.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, parse_adapter
 from lmaas.config import Settings
@@ -138,16 +142,14 @@ def test_cancel_stops_the_job_within_one_step(
     thread = threading.Thread(target=lambda: outcome.append(runner(db, settings).run(job_id)))
     thread.start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with db.session() as session:
-            job = session.get(FineTuneJob, job_id)
-            if job.step >= 2:
-                job.cancel_requested = True
-                step_at_cancel = job.step
-                break
+    while get_job(db, job_id).step < 2:
+        assert time.monotonic() < deadline, "the job never reached step 2"
         time.sleep(0.01)
-    else:
-        pytest.fail("the job never reached step 2")
+    with db.session() as session:
+        session.execute(
+            update(FineTuneJob).where(FineTuneJob.id == job_id).values(cancel_requested=True)
+        )
+    step_at_cancel = get_job(db, job_id).step  # at least the step when the flag was set
     thread.join(timeout=60)
     job = get_job(db, job_id)
     assert outcome == ["cancelled"] and job.status == "cancelled"
@@ -265,3 +267,17 @@ def test_claims_leases_and_the_sweeper(db: Database, settings: Settings, tmp_pat
     with db.session() as session:
         count = session.scalar(select(func.count()).select_from(JobEvent))
     assert count >= 3
+
+
+def test_a_lease_held_by_a_dead_process_of_this_host_is_taken_at_once(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    job_id = create_job(db, settings, tmp_path)
+    alive = f"{socket.gethostname()}:{os.getpid()}"
+    assert claim_job(db, job_id, alive, lease_timeout_s=60, max_attempts=3).attempt == 1
+    assert claim_job(db, job_id, "w2", lease_timeout_s=60, max_attempts=3) == "leased"
+    with db.session() as session:  # as if the holder were a pool process killed just now
+        session.get(FineTuneJob, job_id).worker = f"{socket.gethostname()}:{gone.pid}"
+    assert claim_job(db, job_id, "w2", lease_timeout_s=60, max_attempts=3).attempt == 2

@@ -5,7 +5,8 @@
 1. **Claim** (`claim_job`): the job row is the truth. A terminal job (succeeded, failed,
    cancelled) is left alone, so running a job twice changes nothing. A `running` job whose
    worker sent a heartbeat less than `job_lease_timeout_s` ago belongs to that worker and
-   is refused. Otherwise one compare-and-set UPDATE (on `attempts`) makes it ours:
+   is refused (unless it was a process of this host that is gone). Otherwise one
+   compare-and-set UPDATE (on `attempts`) makes it ours:
    status running, `worker`, ``attempts + 1``, `heartbeat_at`. The pair (worker, attempts)
    is the lease: every later write is conditional on it, so a worker that lost its lease
    (declared dead, then woke up) can no longer change the job and stops.
@@ -120,6 +121,21 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _died_on_this_host(worker: str | None) -> bool:
+    """Whether `worker` (``host:pid``) was a process of this host that no longer exists
+    (a pool process killed, e.g. out of memory: its message comes back at once)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _aware(value: datetime | None) -> datetime | None:
     """SQLite gives naive datetimes back (stored in UTC); PostgreSQL aware ones."""
     if value is None or value.tzinfo is not None:
@@ -160,7 +176,8 @@ def claim_job(
             return "terminal"
         heartbeat = _aware(job.heartbeat_at)
         fresh = heartbeat is not None and now - heartbeat < timedelta(seconds=lease_timeout_s)
-        if job.status == "running" and fresh and job.worker != worker:
+        held = job.status == "running" and fresh and job.worker != worker
+        if held and not _died_on_this_host(job.worker):
             return "leased"
         attempt = job.attempts + 1  # read before the UPDATE (which refreshes `job`)
         seen = (FineTuneJob.id == job_id, FineTuneJob.attempts == job.attempts)
@@ -514,21 +531,19 @@ class _ClaimedJob:
         return local
 
     def _base_model_path(self, spec: _JobSpec) -> Path:
+        """The deployment's base model (this worker's own setting), or a stored model."""
         with self.db.session() as session:
             row = session.get(ServedModel, spec.model)
-            if row is not None and row.tenant_id not in (None, spec.tenant_id):
-                row = None
-            uri = row.uri if row is not None else None
-        if uri is None and spec.model != self.settings.model_name:
+            visible = row is not None and row.tenant_id in (None, spec.tenant_id)
+            uri = row.uri if row is not None else ""
+        if spec.model == self.settings.model_name:
+            return self.settings.resolved_base_model
+        if not visible:
             raise JobFailure(
                 f"the model `{spec.model}` does not exist or you do not have access to it",
                 "model_not_found",
                 "model",
             )
-        if uri is None or uri == "default" or (row is not None and row.tenant_id is None):
-            if uri not in (None, "default") and Path(uri).expanduser().exists():
-                return Path(uri).expanduser()
-            return self.settings.resolved_base_model
         if "://" not in uri:
             return Path(uri).expanduser()
         local = self.settings.model_cache_dir / "served" / spec.model.replace(":", "_")
