@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from lmaas.config import Settings
+from lmaas.finetune.naming import DATA_FILE_NAME, data_file_key
 from lmaas.store import Database
 from lmaas.store.artifacts import ArtifactStore
 from lmaas.store.models import FileObject, FineTuneJob, JobCheckpoint, JobEvent, new_id
@@ -40,9 +41,11 @@ def store_file(db: Database, settings: Settings, tenant_id: str, path: Path) -> 
     file_id = new_id("file")
     folder = path.parent / f"upload-{file_id}"
     folder.mkdir()
-    (folder / path.name).write_bytes(path.read_bytes())
+    (folder / DATA_FILE_NAME).write_bytes(path.read_bytes())
     store = ArtifactStore(settings.resolved_artifact_url)
-    uri = store.put_folder(folder, f"tenants/{tenant_id}/files/{file_id}") + "/" + path.name
+    key = data_file_key(tenant_id, file_id)
+    store.put_folder(folder, key)
+    uri = store.uri(f"{key}/{DATA_FILE_NAME}")
     with db.session() as session:
         session.add(
             FileObject(

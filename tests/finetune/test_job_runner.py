@@ -56,7 +56,7 @@ def get_job(db: Database, job_id: str) -> FineTuneJob:
 def test_a_lora_job_is_served_as_an_adapter_with_events_and_checkpoints(
     db: Database, settings: Settings, tmp_path: Path
 ) -> None:
-    job_id = create_job(db, settings, tmp_path, hyperparameters={"checkpoint_every": 3})
+    job_id = create_job(db, settings, tmp_path, hyperparameters={"checkpoint_every": 1})
     assert runner(db, settings).run(job_id) == "succeeded"
 
     job = get_job(db, job_id)
@@ -80,14 +80,20 @@ def test_a_lora_job_is_served_as_an_adapter_with_events_and_checkpoints(
     messages = [e.message for e in events(db, job_id)]
     assert messages[0] == "Fine-tuning job started"
     assert "Step 2/8: training loss=" in " ".join(messages)
-    assert "Checkpoint created at step 3" in messages and "Checkpoint created at step 6" in messages
+    assert [m for m in messages if m.startswith("Checkpoint")] == [
+        f"Checkpoint created at step {s}" for s in range(1, 8)
+    ]
     assert messages[-1].startswith("The job has successfully completed")
     progress = [e.data for e in events(db, job_id) if e.message.startswith("Step ")]
     assert [p["step"] for p in progress] == [1, 2, 4, 6, 8]
     assert all(p["total_steps"] == 8 and p["train_loss"] > 0 for p in progress)
     stored = checkpoints(db, job_id)
-    assert [c.step for c in stored] == [3, 6] and all(c.metrics["train_loss"] > 0 for c in stored)
+    assert [c.step for c in stored] == [5, 6, 7]  # the newest three are kept
+    assert all(c.metrics["train_loss"] > 0 for c in stored)
     fetch_folder(stored[-1].uri, job_runner.CHECKPOINT_FILES, tmp_path / "ckpt")
+    store = ArtifactStore(settings.resolved_artifact_url)
+    folder = f"tenants/{job.tenant_id}/fine_tuning/{job_id}/checkpoints"
+    assert not store.exists(f"{folder}/step-00000004") and store.exists(f"{folder}/step-00000005")
     assert not (settings.home / "finetune-jobs" / job_id).exists(), "work folder cleaned up"
 
     # running it again (a redelivered message) changes nothing

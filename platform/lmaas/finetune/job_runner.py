@@ -90,7 +90,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 CHECKPOINT_FILES = ["tensors.safetensors", "state.pt", "meta.json"]
-KEEP_CHECKPOINTS = 2
+KEEP_CHECKPOINTS = 3  # as OpenAI: the last three checkpoints stay usable
 
 
 class JobFailure(Exception):
@@ -455,7 +455,6 @@ class _ClaimedJob:
             on_checkpoint=self._on_checkpoint,
             should_cancel=self._should_cancel,
             max_file_bytes=self.settings.max_file_bytes,
-            keep_checkpoints=KEEP_CHECKPOINTS,
             model_cache_dir=self.settings.model_cache_dir,
         )
         try:
