@@ -17,7 +17,7 @@ from tests.finetune.helpers import arithmetic_chats, write_jsonl
 
 __all__ = ["TINY_MODEL", "checkpoints", "create_job", "events", "job_settings", "store_file"]
 
-TINY_MODEL = "tiny-llama"
+TINY_MODEL = "tiny-chat"  # not its folder's name: results must name the served model
 
 
 def job_settings(tmp_path: Path, database_url: str, model_dir: Path, **overrides: Any) -> Settings:

@@ -3,6 +3,7 @@ checkpoints are recorded, a dead worker's job resumes, cancel and bad data end i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from sqlalchemy import func, select, update
 
 from lmaas.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, parse_adapter
 from lmaas.config import Settings
+from lmaas.engine.reference_engine import ReferenceEngine
 from lmaas.finetune import job_runner
 from lmaas.finetune.job_runner import JobRunner, claim_job, sweep_stale_jobs
 from lmaas.store import Database
@@ -54,7 +56,7 @@ def get_job(db: Database, job_id: str) -> FineTuneJob:
 
 
 def test_a_lora_job_is_served_as_an_adapter_with_events_and_checkpoints(
-    db: Database, settings: Settings, tmp_path: Path
+    db: Database, settings: Settings, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     job_id = create_job(db, settings, tmp_path, hyperparameters={"checkpoint_every": 1})
     assert runner(db, settings).run(job_id) == "succeeded"
@@ -75,7 +77,13 @@ def test_a_lora_job_is_served_as_an_adapter_with_events_and_checkpoints(
     )
     assert "q_proj" in adapter.target_modules
     files = fetch_folder(adapter.uri, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], tmp_path / "fetched")
-    assert parse_adapter(files).rank == 4  # what the gateway and runtime accept
+    assert parse_adapter(files).rank == 4
+    engine = ReferenceEngine(tiny_model_dir, model_name=TINY_MODEL, device="cpu")
+    try:  # the runtime loads it like an uploaded adapter
+        state = asyncio.run(engine.load_adapter(adapter.id, files))
+        assert state.rank == 4
+    finally:
+        asyncio.run(engine.shutdown())
 
     messages = [e.message for e in events(db, job_id)]
     assert messages[0] == "Fine-tuning job started"

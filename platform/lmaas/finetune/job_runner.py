@@ -707,8 +707,13 @@ class _ClaimedJob:
         )
 
     def _adapter(self, spec: _JobSpec, name: str, folder: Path) -> Callable[[Session], None]:
-        from lmaas.adapters import ADAPTER_WEIGHTS, parse_adapter
+        from lmaas.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, parse_adapter
 
+        # peft wrote the local folder trained on; runtimes check it names the served model
+        config_file = folder / ADAPTER_CONFIG
+        config = json.loads(config_file.read_text())
+        config["base_model_name_or_path"] = spec.model
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
         adapter_spec = parse_adapter(folder)
         adapter_id = "adp-" + spec.job_id.split("-", 1)[-1]  # one per job: idempotent
         uri = self.artifacts.put_folder(folder, f"tenants/{spec.tenant_id}/adapters/{adapter_id}")
