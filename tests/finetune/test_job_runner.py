@@ -295,3 +295,32 @@ def test_a_lease_held_by_a_dead_process_of_this_host_is_taken_at_once(
     with db.session() as session:  # as if the holder were a pool process killed just now
         session.get(FineTuneJob, job_id).worker = f"{socket.gethostname()}:{gone.pid}"
     assert claim_job(db, job_id, "w2", lease_timeout_s=60, max_attempts=3).attempt == 2
+
+
+def test_store_trouble_gives_the_job_back_to_resume_later(
+    db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = create_job(db, settings, tmp_path, hyperparameters={"checkpoint_every": 3})
+    original = ArtifactStore.put_folder
+    calls = []
+
+    def full_disk(self, local, key):  # type: ignore[no-untyped-def]
+        calls.append(key)
+        if len(calls) == 2:  # the second checkpoint's upload
+            raise OSError(28, "No space left on device")
+        return original(self, local, key)
+
+    monkeypatch.setattr(ArtifactStore, "put_folder", full_disk)
+    assert runner(db, settings).run(job_id) == "interrupted"
+    job = get_job(db, job_id)
+    assert job.status == "queued" and job.attempts == 1 and job.error is None
+    assert "No space left on device" in events(db, job_id)[-1].message
+    sent: list[str] = []
+    later = utcnow() + timedelta(seconds=settings.job_lease_timeout_s + 1)
+    assert sweep_stale_jobs(
+        db, sent.append, lease_timeout_s=settings.job_lease_timeout_s, now=later
+    ) == [job_id]
+    assert runner(db, settings).run(job_id) == "succeeded"
+    resumed = [e.data["step"] for e in events(db, job_id) if e.message.startswith("resumed from")]
+    # the same machine: its own newer checkpoint (not uploaded) is the one resumed
+    assert resumed == [6] and get_job(db, job_id).attempts == 2

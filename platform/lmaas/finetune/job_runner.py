@@ -27,8 +27,10 @@
    are written in one transaction.
 
 Failures the tenant can fix end the job `failed` with an OpenAI-style error
-``{"code", "message", "param"}``; a job that keeps killing its worker fails after
-`job_max_attempts` claims.
+``{"code", "message", "param"}``; so does a bug (``internal_error``). Trouble with the
+artifact store or the database (`OSError`, `SQLAlchemyError`) gives the job back to the
+queue instead, to resume from its last checkpoint; a job that keeps being interrupted
+(or killing its worker) fails after `job_max_attempts` claims.
 
 `sweep_stale_jobs` finds the jobs that lost their worker (a `running` job whose heartbeat
 is older than the lease timeout) or their message (a `queued` job nobody claimed within
@@ -52,6 +54,7 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from lmaas.config import Settings
@@ -370,6 +373,9 @@ class JobRunner:
             return "lease_lost"
         except JobFailure as failure:
             status = self._fail(claim, failure)
+        except (OSError, SQLAlchemyError) as exc:  # store or database trouble: try again later
+            log.exception("job %s interrupted", job_id)
+            status = self._requeue(claim, exc)
         except Exception as exc:
             log.exception("job %s failed", job_id)
             status = self._fail(
@@ -380,6 +386,28 @@ class JobRunner:
         if status in TERMINAL_STATUSES:
             shutil.rmtree(work_dir, ignore_errors=True)
         return status
+
+    def _requeue(self, claim: Claim, exc: BaseException) -> str:
+        """Give the job back: the sweeper sends it again after a lease timeout, and it
+        resumes from its last checkpoint (at most `job_max_attempts` times in all)."""
+        try:
+            with self.db.session() as session:
+                changed = session.execute(
+                    update(FineTuneJob)
+                    .where(*_lease_filter(claim))
+                    .values(status="queued", heartbeat_at=utcnow())
+                ).rowcount
+                if changed == 1:
+                    _event(
+                        session,
+                        claim.job_id,
+                        f"The job was interrupted ({type(exc).__name__}: {exc}); it will resume "
+                        "from its last checkpoint",
+                        level="warning",
+                    )
+        except SQLAlchemyError:
+            log.exception("job %s: could not requeue (its lease will expire)", claim.job_id)
+        return "interrupted"
 
     def _fail(self, claim: Claim, failure: JobFailure) -> str:
         try:
