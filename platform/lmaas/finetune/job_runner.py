@@ -453,11 +453,16 @@ class _ClaimedJob:
     ) -> None:
         self.runner, self.claim, self.lost, self.work_dir = runner, claim, lost, work_dir
         self.db, self.artifacts, self.settings = runner.db, runner.artifacts, runner.settings
+        self.job_key = ""  # the job's folder in the artifact store, known once read
+
+    def _checkpoint_key(self, step: int) -> str:
+        return f"{self.job_key}/checkpoints/step-{step:08d}"
 
     # Steps ---------------------------------------------------------------------------
 
     def run(self) -> str:
         spec = self._read_spec()
+        self.job_key = f"tenants/{spec.tenant_id}/fine_tuning/{spec.job_id}"
         try:
             hp = parse_hyperparameters(spec.hyperparameters, spec.method)
         except HyperparameterError as exc:
@@ -662,8 +667,7 @@ class _ClaimedJob:
     def _on_checkpoint(self, info: CheckpointInfo) -> None:
         if self.lost.is_set():
             return
-        key = f"{self._job_key()}/checkpoints/step-{info.step:08d}"
-        uri = self.artifacts.put_folder(info.path, key)
+        uri = self.artifacts.put_folder(info.path, self._checkpoint_key(info.step))
         with self.db.session() as session:
             existing = session.execute(
                 select(JobCheckpoint).where(
@@ -691,20 +695,14 @@ class _ClaimedJob:
                 .order_by(JobCheckpoint.step.desc())
                 .offset(KEEP_CHECKPOINTS)
             ).scalars()
-            dropped = [(c.step, c) for c in old]
-            for _, checkpoint in dropped:
+            dropped = []
+            for checkpoint in old:
+                dropped.append(checkpoint.step)
                 session.delete(checkpoint)
-        for step, _ in dropped:
-            self.artifacts.delete(f"{self._job_key()}/checkpoints/step-{step:08d}")
+        for step in dropped:
+            self.artifacts.delete(self._checkpoint_key(step))
 
     # The result ----------------------------------------------------------------------
-
-    def _job_key(self) -> str:
-        with self.db.session() as session:
-            tenant_id = session.execute(
-                select(FineTuneJob.tenant_id).where(FineTuneJob.id == self.claim.job_id)
-            ).scalar_one()
-        return f"tenants/{tenant_id}/fine_tuning/{self.claim.job_id}"
 
     def _register(
         self, spec: _JobSpec, output: Path, kind: str | None, trained_tokens: int
