@@ -324,3 +324,14 @@ def test_store_trouble_gives_the_job_back_to_resume_later(
     resumed = [e.data["step"] for e in events(db, job_id) if e.message.startswith("resumed from")]
     # the same machine: its own newer checkpoint (not uploaded) is the one resumed
     assert resumed == [6] and get_job(db, job_id).attempts == 2
+
+
+def test_a_result_name_too_long_to_store_fails_the_job_before_training(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    job_id = create_job(db, settings, tmp_path, suffix="s" * 40)
+    with db.session() as session:
+        session.get(FineTuneJob, job_id).model = "ft:" + "m" * 140  # a fine-tune of a fine-tune
+    assert runner(db, settings).run(job_id) == "failed"
+    job = get_job(db, job_id)
+    assert job.error["code"] == "invalid_suffix" and job.step == 0

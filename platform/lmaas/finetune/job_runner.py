@@ -61,7 +61,7 @@ from lmaas.config import Settings
 from lmaas.finetune.checkpoint import CheckpointStore
 from lmaas.finetune.data import DataFileError, load_chat_jsonl
 from lmaas.finetune.hyperparameters import HyperparameterError, parse_hyperparameters
-from lmaas.finetune.naming import fine_tuned_model_name
+from lmaas.finetune.naming import MAX_MODEL_NAME, fine_tuned_model_name
 from lmaas.finetune.qft_train import QFT_FULL_SUBFOLDER
 from lmaas.finetune.trainer import CheckpointInfo, Progress, TrainingError, TrainingRun
 from lmaas.store import Database
@@ -80,6 +80,7 @@ from lmaas.store.models import (
 __all__ = [
     "CHECKPOINT_FILES",
     "KEEP_CHECKPOINTS",
+    "QFT_ADAPTER_SUFFIX",
     "TERMINAL_STATUSES",
     "Claim",
     "JobFailure",
@@ -93,6 +94,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 CHECKPOINT_FILES = ["tensors.safetensors", "state.pt", "meta.json"]
+QFT_ADAPTER_SUFFIX = ":lora"  # the adapter a QFT job exports besides its model
 KEEP_CHECKPOINTS = 3  # as OpenAI: the last three checkpoints stay usable
 
 
@@ -467,6 +469,15 @@ class _ClaimedJob:
             hp = parse_hyperparameters(spec.hyperparameters, spec.method)
         except HyperparameterError as exc:
             raise JobFailure(str(exc), "invalid_hyperparameters", "hyperparameters") from None
+        name = fine_tuned_model_name(spec.model, spec.tenant_name, spec.suffix, spec.job_id)
+        longest = name + (QFT_ADAPTER_SUFFIX if hp.method == "qft" else "")
+        if len(longest) > MAX_MODEL_NAME:
+            raise JobFailure(
+                f"the fine-tuned model would be named {longest!r}, longer than "
+                f"{MAX_MODEL_NAME} characters: use a shorter suffix",
+                "invalid_suffix",
+                "suffix",
+            )
         data_dir = self.work_dir / "data"
         training = self._fetch_data(spec.training_uri, data_dir / "training.jsonl", "training")
         validation = (
@@ -714,7 +725,7 @@ class _ClaimedJob:
             full = output if kind == "full_model" else output / QFT_FULL_SUBFOLDER
             rows.append(self._served_model(spec, name, full))
             if kind == "lora_adapter":  # the served model has the name; the adapter ":lora"
-                rows.append(self._adapter(spec, f"{name}:lora", output))
+                rows.append(self._adapter(spec, name + QFT_ADAPTER_SUFFIX, output))
         else:
             rows.append(self._adapter(spec, name, output))
 
