@@ -22,7 +22,8 @@ from lmaas.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, parse_adapter
 from lmaas.config import Settings
 from lmaas.engine.reference_engine import ReferenceEngine
 from lmaas.finetune import job_runner
-from lmaas.finetune.job_runner import JobRunner, claim_job, sweep_stale_jobs
+from lmaas.finetune.job_lease import claim_job, sweep_stale_jobs
+from lmaas.finetune.job_runner import JobRunner
 from lmaas.store import Database
 from lmaas.store.artifacts import ArtifactStore, fetch_folder
 from lmaas.store.models import Adapter, FineTuneJob, JobEvent, ServedModel, utcnow

@@ -2,14 +2,8 @@
 
 `JobRunner.run(job_id)` is what the worker's task calls (Celery stays out of this module):
 
-1. **Claim** (`claim_job`): the job row is the truth. A terminal job (succeeded, failed,
-   cancelled) is left alone, so running a job twice changes nothing. A `running` job whose
-   worker sent a heartbeat less than `job_lease_timeout_s` ago belongs to that worker and
-   is refused (unless it was a process of this host that is gone). Otherwise one
-   compare-and-set UPDATE (on `attempts`) makes it ours:
-   status running, `worker`, ``attempts + 1``, `heartbeat_at`. The pair (worker, attempts)
-   is the lease: every later write is conditional on it, so a worker that lost its lease
-   (declared dead, then woke up) can no longer change the job and stops.
+1. **Claim** (`lmaas.finetune.job_lease.claim_job`): a finished job is left alone, a job
+   another live worker holds is refused; every later write is conditional on the lease.
 2. **Data**: the files are fetched from the artifact store and validated line by line
    (`lmaas.finetune.data`); a bad file fails the job with the line in the message.
 3. **Resume**: the newest uploaded checkpoint (`JobCheckpoint`) is downloaded into the
@@ -31,10 +25,6 @@ Failures the tenant can fix end the job `failed` with an OpenAI-style error
 artifact store or the database (`OSError`, `SQLAlchemyError`) gives the job back to the
 queue instead, to resume from its last checkpoint; a job that keeps being interrupted
 (or killing its worker) fails after `job_max_attempts` claims.
-
-`sweep_stale_jobs` finds the jobs that lost their worker (a `running` job whose heartbeat
-is older than the lease timeout) or their message (a `queued` job nobody claimed within
-the lease timeout) and sends the task again; see `lmaas.worker.finetune_tasks`.
 """
 
 from __future__ import annotations
@@ -44,16 +34,14 @@ import json
 import logging
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fsspec.core import url_to_fs
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -61,6 +49,17 @@ from lmaas.config import Settings
 from lmaas.finetune.checkpoint import CheckpointStore
 from lmaas.finetune.data import DataFileError, load_chat_jsonl
 from lmaas.finetune.hyperparameters import HyperparameterError, parse_hyperparameters
+from lmaas.finetune.job_lease import (
+    TERMINAL_STATUSES,
+    Claim,
+    Heartbeat,
+    LeaseLost,
+    add_event,
+    claim_job,
+    default_worker_name,
+    finish,
+    lease_filter,
+)
 from lmaas.finetune.naming import MAX_MODEL_NAME, fine_tuned_model_name
 from lmaas.finetune.qft_train import QFT_FULL_SUBFOLDER
 from lmaas.finetune.trainer import CheckpointInfo, Progress, TrainingError, TrainingRun
@@ -77,22 +76,10 @@ from lmaas.store.models import (
     utcnow,
 )
 
-__all__ = [
-    "CHECKPOINT_FILES",
-    "KEEP_CHECKPOINTS",
-    "QFT_ADAPTER_SUFFIX",
-    "TERMINAL_STATUSES",
-    "Claim",
-    "JobFailure",
-    "JobRunner",
-    "claim_job",
-    "default_worker_name",
-    "sweep_stale_jobs",
-]
+__all__ = ["CHECKPOINT_FILES", "KEEP_CHECKPOINTS", "QFT_ADAPTER_SUFFIX", "JobFailure", "JobRunner"]
 
 log = logging.getLogger(__name__)
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 CHECKPOINT_FILES = ["tensors.safetensors", "state.pt", "meta.json"]
 QFT_ADAPTER_SUFFIX = ":lora"  # the adapter a QFT job exports besides its model
 KEEP_CHECKPOINTS = 3  # as OpenAI: the last three checkpoints stay usable
@@ -107,213 +94,6 @@ class JobFailure(Exception):
 
     def as_error(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "param": self.param}
-
-
-class LeaseLost(Exception):
-    """Another worker owns the job now (ours was declared dead): stop, write nothing."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The lease this worker holds on a job: writes are conditional on (worker, attempt)."""
-
-    job_id: str
-    worker: str
-    attempt: int
-
-
-def default_worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _died_on_this_host(worker: str | None) -> bool:
-    """Whether `worker` (``host:pid``) was a process of this host that no longer exists
-    (a pool process killed, e.g. out of memory: its message comes back at once)."""
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite gives naive datetimes back (stored in UTC); PostgreSQL aware ones."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _event(session: Session, job_id: str, message: str, level: str = "info", **data: Any) -> None:
-    session.add(JobEvent(job_id=job_id, level=level, message=message, data=data or None))
-
-
-def _lease_filter(claim: Claim) -> tuple[Any, ...]:
-    return (
-        FineTuneJob.id == claim.job_id,
-        FineTuneJob.status == "running",
-        FineTuneJob.worker == claim.worker,
-        FineTuneJob.attempts == claim.attempt,
-    )
-
-
-def claim_job(
-    db: Database,
-    job_id: str,
-    worker: str,
-    *,
-    lease_timeout_s: float,
-    max_attempts: int,
-    now: datetime | None = None,
-) -> Claim | str:
-    """Take the lease on `job_id`, or say why not (``missing``, ``terminal``, ``leased``,
-    ``raced``, or the terminal status it was moved to: ``cancelled``, ``failed``)."""
-    now = now or utcnow()
-    with db.session() as session:
-        job = session.get(FineTuneJob, job_id)
-        if job is None:
-            return "missing"
-        if job.status in TERMINAL_STATUSES:
-            return "terminal"
-        heartbeat = _aware(job.heartbeat_at)
-        fresh = heartbeat is not None and now - heartbeat < timedelta(seconds=lease_timeout_s)
-        held = job.status == "running" and fresh and job.worker != worker
-        if held and not _died_on_this_host(job.worker):
-            return "leased"
-        attempt = job.attempts + 1  # read before the UPDATE (which refreshes `job`)
-        seen = (FineTuneJob.id == job_id, FineTuneJob.attempts == job.attempts)
-        seen_status = FineTuneJob.status == job.status
-        if job.cancel_requested:
-            values: dict[str, Any] = {"status": "cancelled", "finished_at": now}
-            outcome, message = "cancelled", "The job was cancelled before it ran"
-        elif job.attempts >= max_attempts:
-            values = {
-                "status": "failed",
-                "finished_at": now,
-                "error": JobFailure(
-                    f"the job was interrupted {job.attempts} times (its worker stopped, e.g. "
-                    "out of memory); lower batch_size or max_seq_len, or create the job again",
-                    "job_interrupted",
-                ).as_error(),
-            }
-            outcome, message = "failed", "The job was interrupted too often"
-        else:
-            values = {
-                "status": "running",
-                "worker": worker,
-                "attempts": attempt,
-                "heartbeat_at": now,
-                "started_at": job.started_at or now,
-                "error": None,
-            }
-            outcome = "claimed"
-            message = (
-                "Fine-tuning job started"
-                if job.attempts == 0
-                else f"Fine-tuning job resumed (attempt {attempt})"
-            )
-        result = session.execute(update(FineTuneJob).where(*seen, seen_status).values(**values))
-        if result.rowcount != 1:
-            return "raced"
-        _event(session, job_id, message, worker=worker, attempt=attempt)
-    if outcome != "claimed":
-        return outcome
-    return Claim(job_id, worker, attempt)
-
-
-def sweep_stale_jobs(
-    db: Database,
-    send: Callable[[str], None],
-    *,
-    lease_timeout_s: float,
-    now: datetime | None = None,
-) -> list[str]:
-    """Requeue jobs whose worker died and re-send jobs whose message was lost; their ids.
-
-    A `running` job whose heartbeat is older than the lease timeout goes back to `queued`
-    (its old worker, if it wakes up, has lost its lease). A `queued` job not claimed within
-    the lease timeout of its creation (or of the last re-send, kept in `heartbeat_at`) is
-    sent again. Each change is a compare-and-set, so concurrent sweepers send once;
-    a duplicate message is harmless (a claimed or finished job refuses it).
-    """
-    now = now or utcnow()
-    cutoff = now - timedelta(seconds=lease_timeout_s)
-    sent: list[str] = []
-    with db.session() as session:
-        stale = session.execute(
-            select(FineTuneJob.id, FineTuneJob.status, FineTuneJob.heartbeat_at, FineTuneJob.worker)
-            .where(
-                or_(
-                    (FineTuneJob.status == "running")
-                    & or_(FineTuneJob.heartbeat_at.is_(None), FineTuneJob.heartbeat_at < cutoff),
-                    (FineTuneJob.status == "queued")
-                    & or_(
-                        FineTuneJob.heartbeat_at < cutoff,
-                        FineTuneJob.heartbeat_at.is_(None) & (FineTuneJob.created_at < cutoff),
-                    ),
-                )
-            )
-            .order_by(FineTuneJob.created_at)
-        ).all()
-        for job_id, status, heartbeat, worker in stale:
-            same_heartbeat = (
-                FineTuneJob.heartbeat_at.is_(None)
-                if heartbeat is None
-                else FineTuneJob.heartbeat_at == heartbeat
-            )
-            changed = session.execute(
-                update(FineTuneJob)
-                .where(FineTuneJob.id == job_id, FineTuneJob.status == status, same_heartbeat)
-                .values(status="queued", heartbeat_at=now)
-            ).rowcount
-            if changed != 1:
-                continue
-            if status == "running":
-                _event(
-                    session,
-                    job_id,
-                    f"The worker {worker} stopped sending heartbeats; the job was requeued "
-                    "and resumes from its last checkpoint",
-                    level="warning",
-                    worker=worker,
-                )
-            sent.append(job_id)
-    for job_id in sent:
-        send(job_id)
-    return sent
-
-
-class _Heartbeat(threading.Thread):
-    """Refreshes the lease every `interval_s` until stopped; sets `lost` if it was taken."""
-
-    def __init__(self, db: Database, claim: Claim, interval_s: float, lost: threading.Event):
-        super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
-        self.db, self.claim, self.interval_s, self.lost = db, claim, interval_s, lost
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.wait(self.interval_s):
-            try:
-                with self.db.session() as session:
-                    changed = session.execute(
-                        update(FineTuneJob)
-                        .where(*_lease_filter(self.claim))
-                        .values(heartbeat_at=utcnow())
-                    ).rowcount
-                if changed != 1:
-                    log.warning("job %s: lease lost, stopping", self.claim.job_id)
-                    self.lost.set()
-                    return
-            except Exception:  # the database blinked: try again at the next beat
-                log.exception("job %s: heartbeat failed", self.claim.job_id)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=30)
 
 
 @dataclass(frozen=True)
@@ -365,7 +145,7 @@ class JobRunner:
             log.info("job %s not run: %s", job_id, claim)
             return claim
         lost = threading.Event()
-        heartbeat = _Heartbeat(self.db, claim, self.settings.job_heartbeat_s, lost)
+        heartbeat = Heartbeat(self.db, claim, self.settings.job_heartbeat_s, lost)
         heartbeat.start()
         work_dir = self.work_root / job_id
         try:
@@ -396,11 +176,11 @@ class JobRunner:
             with self.db.session() as session:
                 changed = session.execute(
                     update(FineTuneJob)
-                    .where(*_lease_filter(claim))
+                    .where(*lease_filter(claim))
                     .values(status="queued", heartbeat_at=utcnow())
                 ).rowcount
                 if changed == 1:
-                    _event(
+                    add_event(
                         session,
                         claim.job_id,
                         f"The job was interrupted ({type(exc).__name__}: {exc}); it will resume "
@@ -419,32 +199,6 @@ class JobRunner:
         except LeaseLost:
             return "lease_lost"
         return "failed"
-
-
-def finish(
-    db: Database,
-    claim: Claim,
-    status: str,
-    message: str,
-    *,
-    level: str = "info",
-    session_work: Callable[[Session], None] | None = None,
-    **values: Any,
-) -> None:
-    """End the job (if we still hold its lease): status, finished_at, an event, and what
-    `session_work` adds in the same transaction; `LeaseLost` otherwise."""
-    with db.session() as session:
-        if session_work is not None:
-            session_work(session)
-        changed = session.execute(
-            update(FineTuneJob)
-            .where(*_lease_filter(claim))
-            .values(status=status, finished_at=utcnow(), heartbeat_at=utcnow(), **values)
-        ).rowcount
-        if changed != 1:
-            session.rollback()
-            raise LeaseLost(claim.job_id)
-        _event(session, claim.job_id, message, level=level)
 
 
 class _ClaimedJob:
@@ -632,7 +386,7 @@ class _ClaimedJob:
             return True
         with self.db.session() as session:
             row = session.execute(
-                select(FineTuneJob.cancel_requested).where(*_lease_filter(self.claim))
+                select(FineTuneJob.cancel_requested).where(*lease_filter(self.claim))
             ).first()
         if row is None:
             self.lost.set()
@@ -643,7 +397,7 @@ class _ClaimedJob:
         with self.db.session() as session:
             changed = session.execute(
                 update(FineTuneJob)
-                .where(*_lease_filter(self.claim))
+                .where(*lease_filter(self.claim))
                 .values(
                     step=p.step,
                     total_steps=p.total_steps,
@@ -659,7 +413,7 @@ class _ClaimedJob:
                 message = f"Step {p.step}/{p.total_steps}: training loss={p.train_loss:.4f}"
                 if p.val_loss is not None:
                     message += f", validation loss={p.val_loss:.4f}"
-                _event(
+                add_event(
                     session,
                     self.claim.job_id,
                     message,
@@ -693,7 +447,7 @@ class _ClaimedJob:
                 )
             else:
                 existing.uri, existing.metrics = uri, info.metrics
-            _event(
+            add_event(
                 session,
                 self.claim.job_id,
                 f"Checkpoint created at step {info.step}",
@@ -768,7 +522,7 @@ class _ClaimedJob:
             row.size_bytes, row.sha256 = size, digest
             row.source, row.status, row.verified_at = "finetune", "ready", utcnow()
             session.add(row)
-            _event(
+            add_event(
                 session, spec.job_id, f"New fine-tuned adapter created: {name}", adapter=adapter_id
             )
 
@@ -785,7 +539,7 @@ class _ClaimedJob:
             row.tenant_id, row.parent, row.uri = spec.tenant_id, spec.model, uri
             row.architecture = str(config.get("model_type", "llama"))
             session.add(row)
-            _event(session, spec.job_id, f"New fine-tuned model created: {name}", model=name)
+            add_event(session, spec.job_id, f"New fine-tuned model created: {name}", model=name)
 
         return add
 

@@ -35,7 +35,8 @@ from typing import Any
 from celery import Celery, Task, shared_task
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from lmaas.finetune.job_runner import JobRunner, default_worker_name, sweep_stale_jobs
+from lmaas.finetune.job_lease import default_worker_name, sweep_stale_jobs
+from lmaas.finetune.job_runner import JobRunner
 from lmaas.tasks import FINETUNE_RUN_JOB
 from lmaas.worker.app import worker_context
 
