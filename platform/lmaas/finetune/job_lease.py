@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from lmaas.store import Database
@@ -42,6 +43,7 @@ __all__ = [
     "default_worker_name",
     "finish",
     "lease_filter",
+    "requeue",
     "sweep_stale_jobs",
 ]
 
@@ -285,3 +287,22 @@ def finish(
             session.rollback()
             raise LeaseLost(claim.job_id)
         add_event(session, claim.job_id, message, level=level)
+
+
+def requeue(db: Database, claim: Claim, message: str) -> bool:
+    """Give the job back (status queued) if we still hold it; the sweeper sends it again
+    after a lease timeout and it resumes from its last checkpoint. False if the database
+    cannot be reached (the lease then simply expires)."""
+    try:
+        with db.session() as session:
+            changed = session.execute(
+                update(FineTuneJob)
+                .where(*lease_filter(claim))
+                .values(status="queued", heartbeat_at=utcnow())
+            ).rowcount
+            if changed == 1:
+                add_event(session, claim.job_id, message, level="warning")
+            return changed == 1
+    except SQLAlchemyError:
+        log.exception("job %s: could not requeue (its lease will expire)", claim.job_id)
+        return False

@@ -59,6 +59,7 @@ from lmaas.finetune.job_lease import (
     default_worker_name,
     finish,
     lease_filter,
+    requeue,
 )
 from lmaas.finetune.naming import MAX_MODEL_NAME, fine_tuned_model_name
 from lmaas.finetune.qft_train import QFT_FULL_SUBFOLDER
@@ -157,39 +158,22 @@ class JobRunner:
             status = self._fail(claim, failure)
         except (OSError, SQLAlchemyError) as exc:  # store or database trouble: try again later
             log.exception("job %s interrupted", job_id)
-            status = self._requeue(claim, exc)
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            status = self._fail(
-                claim, JobFailure(f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+            requeue(
+                self.db,
+                claim,
+                f"The job was interrupted by a storage or database problem "
+                f"({type(exc).__name__}); it will resume from its last checkpoint",
             )
+            status = "interrupted"
+        except Exception as exc:  # a bug: the details go to the log, not to the tenant
+            log.exception("job %s failed", job_id)
+            message = f"internal error ({type(exc).__name__}); create the job again"
+            status = self._fail(claim, JobFailure(message, "internal_error"))
         finally:
             heartbeat.stop()
         if status in TERMINAL_STATUSES:
             shutil.rmtree(work_dir, ignore_errors=True)
         return status
-
-    def _requeue(self, claim: Claim, exc: BaseException) -> str:
-        """Give the job back: the sweeper sends it again after a lease timeout, and it
-        resumes from its last checkpoint (at most `job_max_attempts` times in all)."""
-        try:
-            with self.db.session() as session:
-                changed = session.execute(
-                    update(FineTuneJob)
-                    .where(*lease_filter(claim))
-                    .values(status="queued", heartbeat_at=utcnow())
-                ).rowcount
-                if changed == 1:
-                    add_event(
-                        session,
-                        claim.job_id,
-                        f"The job was interrupted ({type(exc).__name__}: {exc}); it will resume "
-                        "from its last checkpoint",
-                        level="warning",
-                    )
-        except SQLAlchemyError:
-            log.exception("job %s: could not requeue (its lease will expire)", claim.job_id)
-        return "interrupted"
 
     def _fail(self, claim: Claim, failure: JobFailure) -> str:
         try:
