@@ -69,6 +69,7 @@ def create_job(
     method: str = "lora",
     hyperparameters: dict[str, Any] | None = None,
     training: Path | None = None,
+    validation: Path | None = None,
     examples: int = 8,
     tenant: str = "acme",
     suffix: str | None = "sum",
@@ -79,6 +80,7 @@ def create_job(
     if training is None:
         training = write_jsonl(tmp_path / f"train-{new_id('d')}.jsonl", arithmetic_chats(examples))
     file_id = store_file(db, settings, tenant_id, training)
+    validation_id = store_file(db, settings, tenant_id, validation) if validation else None
     hp = {"n_epochs": 2, "batch_size": 2, "compute_dtype": "float32", "lora_rank": 4}
     hp.update(hyperparameters or {})
     with db.session() as session:
@@ -87,6 +89,7 @@ def create_job(
             model=TINY_MODEL,
             method=method,
             training_file_id=file_id,
+            validation_file_id=validation_id,
             hyperparameters=hp,
             suffix=suffix,
         )

@@ -27,7 +27,7 @@ from lmaas.finetune.job_runner import JobRunner
 from lmaas.store import Database
 from lmaas.store.artifacts import ArtifactStore, fetch_folder
 from lmaas.store.models import Adapter, FineTuneJob, JobEvent, ServedModel, utcnow
-from tests.finetune.helpers import arithmetic_chats
+from tests.finetune.helpers import arithmetic_chats, write_jsonl
 from tests.finetune.jobs import TINY_MODEL, checkpoints, create_job, events, job_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -197,6 +197,24 @@ def test_a_bad_training_file_fails_the_job_naming_the_line(
     assert job.error["param"] == "training_file"
     assert "line 3" in job.error["message"], job.error
     assert events(db, job_id)[-1].level == "error"
+
+
+def test_a_bad_validation_file_fails_the_job_and_a_good_one_gives_validation_losses(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad-validation.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "robot", "content": "hi"}]}) + "\n")
+    job_id = create_job(db, settings, tmp_path, validation=bad)
+    assert runner(db, settings).run(job_id) == "failed"
+    error = get_job(db, job_id).error
+    assert error["code"] == "invalid_validation_file" and error["param"] == "validation_file"
+    assert "line 1" in error["message"] and "robot" in error["message"]
+
+    good = write_jsonl(tmp_path / "validation.jsonl", arithmetic_chats(4, seed=5))
+    job_id = create_job(db, settings, tmp_path, validation=good)
+    assert runner(db, settings).run(job_id) == "succeeded"
+    losses = [e.data["val_loss"] for e in events(db, job_id) if e.message.startswith("Step ")]
+    assert losses[-1] is not None and losses[-1] > 0
 
 
 def test_invalid_hyperparameters_fail_the_job(
