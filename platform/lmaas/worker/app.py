@@ -27,6 +27,7 @@ __all__ = [
 
 WORKER_TASK_MODULES: list[str] = [
     "lmaas.worker.adapter_tasks",
+    "lmaas.worker.draft_tasks",
     # The fine-tune part adds its module here (it defines lmaas.tasks.FINETUNE_RUN_JOB).
 ]
 
