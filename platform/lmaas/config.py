@@ -229,11 +229,25 @@ class Settings(BaseSettings):
         "bound of `smartspec`); 0 = never speculate. The operator sets it from a "
         "ModelService's `numSpeculativeTokens`.",
     )
+    speculation_proposer: Literal["draft", "prompt_lookup", "auto"] = Field(
+        default="auto",
+        description="Who proposes draft tokens: `draft` (a small draft model sharing the "
+        "target's tokenizer, see `LMAAS_DRAFT_URL`), `prompt_lookup` (n-grams of the prompt "
+        "and output so far: free, good for grounded answers) or `auto` (the draft model when "
+        "one is found, else prompt lookup).",
+    )
+    draft_url: str | None = Field(
+        default=None,
+        description="Where the runtime finds its draft model: a folder (or fsspec URL) of "
+        "draft versions with a `LATEST` file (what `lmaas.finetune.draft_builder` writes; the "
+        "runtime hot-swaps newer versions) or one draft folder. Default "
+        "`<artifact URL>/drafts/<model name>`.",
+    )
     draft_tenant: str | None = Field(
         default=None,
         description="A runtime dedicated to one tenant serves that tenant's own draft (refined "
-        "by OSD rounds on its traffic); unset = the model's shared draft (`lmaas.speculation."
-        "build_draft`). Drafts live under `$LMAAS_ARTIFACT_URL/drafts`.",
+        "by OSD rounds on its traffic, under `<artifact URL>/tenant-drafts`) once it has one; "
+        "unset = the model's shared draft (`LMAAS_DRAFT_URL`).",
     )
     draft_poll_s: float = Field(
         default=30.0,
@@ -293,6 +307,12 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_url(self) -> str:
         return self.artifact_url or str(self.home / "artifacts")
+
+    @property
+    def resolved_draft_url(self) -> str:
+        return (
+            self.draft_url or f"{self.resolved_artifact_url.rstrip('/')}/drafts/{self.model_name}"
+        )
 
     @property
     def resolved_runtime_urls(self) -> list[str]:

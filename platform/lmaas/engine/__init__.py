@@ -16,5 +16,5 @@ The pieces, one concept per module:
 - `sampler.Sampler`, `tokenizer.Tokenizer`, `detokenizer` (streaming text and stops),
   `input_processor` / `output_processor` (requests in, events out);
 - `model_files.materialize_model` and `gguf_file` — GGUF → safetensors, once;
-- `proposer.Proposer` — the hook speculative decoding plugs into.
+- `speculator.Speculator` — speculative decoding in the step loop (`speculation/`).
 """

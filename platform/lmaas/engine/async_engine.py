@@ -24,7 +24,9 @@ from lmaas.config import Settings
 from lmaas.engine.engine_config import EngineConfig
 from lmaas.engine.interface import EngineRequestError, EngineStats, InferenceEngine
 from lmaas.engine.llm_engine import LLMEngine, StepEvents
-from lmaas.engine.proposer import Proposer
+from lmaas.engine.speculation.osd_buffer import OSDRecorder
+from lmaas.engine.speculation.proposer import Proposer
+from lmaas.engine.speculator import Speculator
 from lmaas.protocol import AdapterState, GenerateEvent, GenerateRequest, LoraTarget, RuntimeInfo
 
 __all__ = ["AsyncEngine"]
@@ -39,9 +41,15 @@ class AsyncEngine(InferenceEngine):
     `start` launches the step loop.
     """
 
-    def __init__(self, config: EngineConfig, *, proposer: Proposer | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        speculator: Speculator | None = None,
+        osd: OSDRecorder | None = None,
+    ) -> None:
         self.config = config
-        self.engine = LLMEngine(config, proposer=proposer)
+        self.engine = LLMEngine(config, speculator=speculator, osd=osd)
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._streams: dict[
@@ -74,6 +82,18 @@ class AsyncEngine(InferenceEngine):
         await asyncio.to_thread(thread.join)
         for request_id in list(self._streams):
             self._deliver_one(request_id, GenerateEvent(finish_reason="cancelled"))
+
+    # Speculative decoding ----------------------------------------------------------------
+
+    @property
+    def speculator(self) -> Speculator | None:
+        return self.engine.speculator
+
+    def set_proposer(self, proposer: Proposer) -> None:
+        """Swap the draft proposer at the next step boundary (`LLMEngine.set_proposer`);
+        safe from any thread, requests in flight keep running."""
+        self.engine.set_proposer(proposer)
+        self._wakeup.set()
 
     # InferenceEngine ---------------------------------------------------------------------
 

@@ -122,6 +122,19 @@ class BlockManager:
                 self._hash_to_block.setdefault(block.hash, block.block_id)
             parent = block.hash
 
+    def free_tail(self, seq: Sequence, num_tokens: int) -> int:
+        """Release the blocks of `seq` past those that hold its first `num_tokens` tokens
+        (rejected draft tokens' slots); returns how many were released."""
+        keep = seq.blocks_for(num_tokens)
+        tail = seq.block_table[keep:]
+        for block_id in reversed(tail):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self._free[block_id] = None
+        del seq.block_table[keep:]
+        return len(tail)
+
     def deallocate(self, seq: Sequence) -> None:
         """Release every block of `seq` (kept cached for prefix reuse until handed out)."""
         for block_id in reversed(seq.block_table):

@@ -83,6 +83,11 @@ class EngineConfig:
     vtc_output_weight: float = 2.0
     adapter_cache_dir: Path | None = None
     threads: int = 0
+    # Speculative decoding (`lmaas.engine.speculator`): off unless max_k > 0.
+    speculation: str = "smartspec"
+    speculation_max_k: int = 0
+    speculation_proposer: str = "auto"  # draft | prompt_lookup | auto
+    draft_url: str | None = None  # draft versions root (LATEST) or one draft folder
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
@@ -102,6 +107,10 @@ class EngineConfig:
             max_lora_rank=settings.max_lora_rank,
             adapter_cache_dir=settings.home / "adapter-cache",
             threads=settings.engine_threads,
+            speculation=settings.speculation,
+            speculation_max_k=settings.speculation_max_k,
+            speculation_proposer=settings.speculation_proposer,
+            draft_url=settings.resolved_draft_url,
         )
 
     def cache_budget(self, model_bytes: int) -> int:

@@ -1,8 +1,8 @@
 """The synchronous engine: requests in, one step at a time, events out.
 
-`step` is the whole loop body — propose (speculation hook), schedule, load adapters the
-scheduler placed, run the model, sample (or verify drafts), post-process (detokenize,
-stop, free what finished). A failure of the forward pass fails the requests of that batch
+`step` is the whole loop body — propose drafts (speculative decoding, `speculator`),
+schedule, load adapters the scheduler placed, run the model, sample (or verify drafts in
+one batched call), post-process (detokenize, stop, free what finished). A failure of the forward pass fails the requests of that batch
 with an error event; the engine keeps serving the others.
 """
 
@@ -24,10 +24,13 @@ from lmaas.engine.lora.adapter import AdapterError, LoraAdapter
 from lmaas.engine.lora.slot_table import SlotTable
 from lmaas.engine.model_runner import ModelRunner
 from lmaas.engine.output_processor import OutputProcessor, RequestState
-from lmaas.engine.proposer import Proposer
 from lmaas.engine.sampler import Sampler
 from lmaas.engine.scheduler import Scheduler
 from lmaas.engine.sequence import Sequence
+from lmaas.engine.speculation.osd_buffer import OSDRecorder
+from lmaas.engine.speculation.policy import SpecPolicyError, parse_policy
+from lmaas.engine.speculation.proposer import Proposer
+from lmaas.engine.speculator import Speculator, VerifyEntry, create_speculator
 from lmaas.engine.tokenizer import Tokenizer
 from lmaas.protocol import GenerateEvent, GenerateRequest
 
@@ -39,13 +42,30 @@ StepEvents = list[tuple[str, GenerateEvent]]
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, *, proposer: Proposer | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        speculator: Speculator | None = None,
+        osd: OSDRecorder | None = None,
+    ) -> None:
+        """`speculator`: speculative decoding as given; else the one `config` asks for
+        (`speculation_max_k` > 0), recording for online distillation into `osd` if given."""
         self.config = config
         self.runner = ModelRunner(config)
         self.tokenizer = Tokenizer(config.model_path)
-        self.proposer = proposer
         self.lora = self.runner.lora
         cache = self.runner.kv_cache
+        if speculator is None:
+            speculator = create_speculator(
+                config,
+                vocab_size=self.runner.model_config.vocab_size,
+                num_cache_tokens=cache.num_blocks * cache.block_size,
+                osd=osd,
+            )
+        elif osd is not None:
+            speculator.osd = osd
+        self.speculator = speculator
         self.block_manager = BlockManager(cache.num_blocks, cache.block_size)
         self.scheduler = Scheduler(
             self.block_manager,
@@ -65,6 +85,9 @@ class LLMEngine:
         self.states: dict[str, RequestState] = {}
         self._seq_ids = itertools.count()
         self.num_preemptions = 0
+        self.num_steps = 0
+        self.num_forward_passes = 0  # target passes that ran (speculation makes fewer)
+        self._last_emitted: dict[int, int] = {}
 
     # Requests -------------------------------------------------------------------------
 
@@ -81,6 +104,11 @@ class LLMEngine:
                 param="model",
                 status=404,
             )
+        if request.sampling.speculation is not None:
+            try:
+                parse_policy(request.sampling.speculation)
+            except SpecPolicyError as exc:
+                raise EngineRequestError(str(exc), param="speculation") from exc
         prepared = self.inputs.process(request)
         seq = Sequence(
             next(self._seq_ids),
@@ -99,8 +127,8 @@ class LLMEngine:
         state = self.states.pop(request_id, None)
         if state is not None:
             self.scheduler.finish(state.seq, "cancelled")
-            if self.proposer is not None:
-                self.proposer.forget(state.seq)
+            if self.speculator is not None:
+                self.speculator.release(state.seq, "cancelled")
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.states)
@@ -108,10 +136,12 @@ class LLMEngine:
     # The step -------------------------------------------------------------------------
 
     def step(self) -> StepEvents:
-        if self.proposer is not None:
-            self.proposer.propose(self.scheduler.running)
+        spec = self.speculator
+        if spec is not None:
+            self._propose(spec)
         batch = self.scheduler.schedule()
         self.num_preemptions += len(batch.preempted)
+        self.num_steps += 1
         events = [self._finish(seq, "length") for seq in batch.finished]
         if batch.is_empty:
             return events
@@ -119,16 +149,60 @@ class LLMEngine:
             if self.lora is not None:
                 self.lora.apply_pending_loads()
             forward_batch, logits = self.runner.forward(batch.seqs)
+            self.num_forward_passes += 1
         except (AdapterError, RuntimeError) as exc:
             log.exception("forward pass failed; failing its %d requests", len(batch.seqs))
             return events + [self._finish(i.seq, "error", str(exc)) for i in batch.seqs]
-        return events + self._postprocess(forward_batch, logits)
+        # Decodes (and verifications) compute exactly the tokens they need logits of.
+        decode = {id(i) for i in forward_batch.items if i.num_new_tokens == i.num_logits}
+        decode_tokens = sum(i.num_new_tokens for i in forward_batch.items if id(i) in decode)
+        events += self._postprocess(forward_batch, logits)
+        if spec is not None:
+            spec.end_step(
+                prefill_tokens=forward_batch.num_tokens - decode_tokens,
+                num_decode_tokens=sum(self._last_emitted.get(i, 0) for i in decode),
+            )
+        return events
+
+    def _propose(self, spec: Speculator) -> None:
+        """Attach drafts to the decoding requests before the scheduler lays out the step."""
+        running = self.scheduler.running
+        num_decoding = sum(1 for s in running if s.num_uncomputed_tokens == 1)
+        pending = sum(s.num_uncomputed_tokens for s in running if s.num_uncomputed_tokens > 1)
+        pending += sum(s.num_uncomputed_tokens for q in self.scheduler.waiting.values() for s in q)
+        budget = self.config.max_batched_tokens
+        rows = {}
+        for seq in running:
+            state = self.states.get(seq.request_id)
+            if state is not None:
+                rows[seq.seq_id] = state.row
+        spec.propose(
+            running,
+            rows,
+            prefill_tokens=min(pending, max(0, budget - num_decoding)),
+            token_budget=budget,
+            max_model_len=self.runner.max_model_len,
+        )
+
+    def set_proposer(self, proposer: Proposer) -> None:
+        """Replace the speculation proposer (a new draft version) between two steps.
+
+        Thread-safe: call it from any thread once the new proposer is loaded (loading is
+        slow: do it off the step thread, e.g. `speculator.draft_proposer(url, …)`). The swap
+        happens at the start of the next step; requests in flight keep running, and their
+        draft KV caches are rebuilt lazily by the new proposer on its first proposal.
+        """
+        if self.speculator is None:
+            raise RuntimeError("this engine does not speculate (LMAAS_SPECULATION_MAX_K=0)")
+        self.speculator.swap_proposer(proposer)
 
     def _postprocess(self, batch: ForwardBatch, logits: torch.Tensor) -> StepEvents:
         sampled = self._sample(batch, logits)
         events: StepEvents = []
+        self._last_emitted.clear()
         for item, (tokens, num_rejected, logprobs) in zip(batch.items, sampled, strict=True):
             self.scheduler.advance(item, tokens, num_rejected)
+            self._last_emitted[id(item)] = len(tokens)
             state = self.states.get(item.seq.request_id)
             if not tokens or state is None:
                 continue
@@ -149,7 +223,9 @@ class LLMEngine:
         if rows:
             selected = logits if len(rows) == logits.shape[0] else logits[rows]
             out = self.sampler(selected, picks)
-        results, k = [], 0
+        results: list[tuple] = []
+        verifying: list[tuple[int, VerifyEntry]] = []
+        k = 0
         for item, offset in zip(batch.items, batch.logits_offsets, strict=True):
             if item.num_logits == 0:
                 results.append(([], 0, None))
@@ -158,12 +234,16 @@ class LLMEngine:
                 results.append(([out.token_ids[k]], 0, lp))
                 k += 1
             else:
-                if self.proposer is None:
+                if self.speculator is None:
                     raise RuntimeError(f"sequence {item.seq.seq_id} carries drafts but no proposer")
                 row = self.states[item.seq.request_id].row
                 span = logits[offset : offset + item.num_logits]
-                tokens, rejected = self.proposer.verify(item.seq, span, row)
-                results.append((tokens, rejected, None))
+                verifying.append((len(results), VerifyEntry(item.seq, span, row)))
+                results.append(None)
+        if verifying:
+            verified = self.speculator.verify([e for _, e in verifying])  # type: ignore[union-attr]
+            for (index, _), (tokens, rejected) in zip(verifying, verified, strict=True):
+                results[index] = (tokens, rejected, None)
         return results
 
     def _finish(
@@ -178,8 +258,8 @@ class LLMEngine:
         if not seq.is_finished:
             self.scheduler.finish(seq, reason, error)
         self.states.pop(seq.request_id, None)
-        if self.proposer is not None:
-            self.proposer.forget(seq)
+        if self.speculator is not None:
+            self.speculator.release(seq, reason)
 
     # Adapters (call from the thread that runs `step`) -------------------------------------
 
@@ -213,6 +293,9 @@ class LLMEngine:
             kv_usage=self.block_manager.usage,
             num_preemptions=self.num_preemptions,
             num_adapters_on_device=len(self.lora.slots.resident()) if self.lora else 0,
+            num_steps=self.num_steps,
+            num_forward_passes=self.num_forward_passes,
+            speculation=self.speculator.stats.snapshot() if self.speculator else None,
         )
 
     # Convenience for tests and benchmarks -------------------------------------------------

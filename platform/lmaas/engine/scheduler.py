@@ -7,7 +7,9 @@ attached), then waiting sequences admitted in virtual-token-counter order across
 the budget (chunked prefill, mixed with decodes in the same step). When the cache has no
 block for a running sequence, the sequence of the most-served tenant (newest first) is
 preempted: its blocks are freed and it goes back to the front of its tenant's queue, to be
-recomputed later.
+recomputed later. Draft tokens (speculative decoding) get slots only where the budget and
+the free blocks allow — they are dropped before anyone is preempted for them — and after
+verification the blocks past a sequence's accepted tokens are freed.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ class Scheduler:
         for seq in sorted(self.running, key=lambda s: s.is_prefilling):
             if seq.status is not SequenceStatus.RUNNING or budget == 0:
                 continue
+            if seq.draft_token_ids:
+                self._fit_drafts(seq, budget)
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self._make_room(seq, num_new, scheduled, batch):
                 continue
@@ -155,9 +159,20 @@ class Scheduler:
             seq.append_token(token_id)
         if new_token_ids:
             self.fairness.charge(seq.tenant_id, output_tokens=len(new_token_ids))
+        if num_rejected:  # the rejected drafts' slots: blocks past the sequence go back
+            self.block_manager.free_tail(seq, seq.num_tokens)
         self.block_manager.commit(seq)
 
     # Internals ---------------------------------------------------------------------------
+
+    def _fit_drafts(self, seq: Sequence, budget: int) -> None:
+        """Drop the drafts that do not fit the step's token budget or the free blocks
+        (speculation never preempts anyone)."""
+        drafts = seq.draft_token_ids
+        room = budget - (seq.num_tokens - seq.num_computed_tokens)
+        del drafts[max(room, 0) :]
+        while drafts and not self.block_manager.can_allocate(seq, seq.num_uncomputed_tokens):
+            drafts.pop()
 
     def _make_room(
         self, seq: Sequence, num_new: int, scheduled: set[int], batch: ScheduledBatch

@@ -2,9 +2,10 @@
 
 Shared by the runtime (records, polls, swaps) and the worker (builds, distils):
 
-- `<artifacts>/drafts/shared/<model>/v0001, …, LATEST` — the model's draft, built offline
-  by `lmaas.speculation.build_draft`; what a runtime serving many tenants runs;
-- `<artifacts>/drafts/tenants/<tenant>/<model>/…` — a tenant's own lineage, started from
+- `LMAAS_DRAFT_URL`, default `<artifacts>/drafts/<model>` (`v0001, …, LATEST`) — the
+  model's shared draft, built offline by `lmaas.speculation.build_draft`; what a runtime
+  serving many tenants runs;
+- `<artifacts>/tenant-drafts/<tenant>/<model>/…` — a tenant's own lineage, started from
   the shared draft by its first OSD round and refined by every later one; what a runtime
   dedicated to that tenant (`LMAAS_DRAFT_TENANT`) runs as soon as it exists;
 - `<artifacts>/osd/<tenant>/<model>/*.jsonl` — what runtimes recorded (`OSDRecorder`).
@@ -28,10 +29,14 @@ class DraftLocations:
     """The draft and OSD folders (fsspec URLs) of one deployment."""
 
     artifacts: str
+    draft_urls: tuple[tuple[str, str], ...] = ()  # (model, shared draft root) set explicitly
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DraftLocations:
-        return cls(settings.resolved_artifact_url.rstrip("/"))
+        return cls(
+            settings.resolved_artifact_url.rstrip("/"),
+            ((settings.model_name, settings.resolved_draft_url.rstrip("/")),),
+        )
 
     @property
     def osd(self) -> str:
@@ -40,11 +45,11 @@ class DraftLocations:
 
     def shared_drafts(self, model: str) -> str:
         """The versions of `model`'s shared draft."""
-        return osd_folder(f"{self.artifacts}/drafts", "shared", model)
+        return dict(self.draft_urls).get(model) or f"{self.artifacts}/drafts/{model}"
 
     def tenant_drafts(self, tenant_id: str, model: str) -> str:
         """The versions of `tenant_id`'s own draft of `model`."""
-        return osd_folder(f"{self.artifacts}/drafts/tenants", tenant_id, model)
+        return osd_folder(f"{self.artifacts}/tenant-drafts", tenant_id, model)
 
     def serving_drafts(self, model: str, tenant_id: str | None) -> list[str]:
         """The roots a runtime takes its draft from, the first with a version winning."""

@@ -8,6 +8,7 @@ part by part. Checkpoints of transformers and of lmaas' GGUF conversion load the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from safetensors import safe_open
 from lmaas.engine.model.llama import LlamaForCausalLM
 from lmaas.engine.model.model_config import ModelConfig, UnsupportedModelError
 
-__all__ = ["load_model"]
+__all__ = ["check_loaded", "copy_weights", "load_model"]
 
 _FUSED = {
     "q_proj": "qkv_proj",
@@ -41,35 +42,56 @@ def load_model(
     if not files:
         raise UnsupportedModelError(f"{folder} holds no *.safetensors weights")
     model = LlamaForCausalLM(config, dtype=dtype, device=device, max_positions=max_positions)
-    params = dict(model.named_parameters())
-    slices = _fused_slices(model)
     loaded: set[str] = set()
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if _SKIP.search(name):
-                    continue
-                target, part = _target(name)
-                if target not in params:
-                    if name == "lm_head.weight" and config.tie_word_embeddings:
-                        continue
-                    raise UnsupportedModelError(f"{file.name}: unexpected weight {name!r}")
-                tensor = f.get_tensor(name)
-                param = params[target]
-                if part is not None:
-                    offset, size = slices[target][part]
-                    param = param[offset : offset + size]
-                if param.shape != tensor.shape:
-                    raise UnsupportedModelError(
-                        f"{file.name}: {name} has shape {tuple(tensor.shape)}, the config "
-                        f"implies {tuple(param.shape)}"
-                    )
-                param.copy_(tensor)
-                loaded.add(name)
-    missing = _expected(model, config) - loaded
-    if missing:
-        raise UnsupportedModelError(f"{folder}: weights missing: {', '.join(sorted(missing)[:5])}")
+            names = list(f.keys())
+            loaded |= copy_weights(
+                model, ((n, lambda n=n: f.get_tensor(n)) for n in names), file.name
+            )
+    check_loaded(model, loaded, folder)
     return model
+
+
+def copy_weights(
+    model: LlamaForCausalLM,
+    tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]],
+    source: str,
+) -> set[str]:
+    """Copy checkpoint tensors (name, loader) into `model`'s (fused) parameters; the names
+    copied."""
+    params = dict(model.named_parameters())
+    slices = _fused_slices(model)
+    loaded: set[str] = set()
+    for name, get in tensors:
+        if _SKIP.search(name):
+            continue
+        target, part = _target(name)
+        if target not in params:
+            if name == "lm_head.weight" and model.config.tie_word_embeddings:
+                continue
+            raise UnsupportedModelError(f"{source}: unexpected weight {name!r}")
+        tensor = get()
+        param = params[target]
+        if part is not None:
+            offset, size = slices[target][part]
+            param = param[offset : offset + size]
+        if param.shape != tensor.shape:
+            raise UnsupportedModelError(
+                f"{source}: {name} has shape {tuple(tensor.shape)}, the config "
+                f"implies {tuple(param.shape)}"
+            )
+        with torch.no_grad():
+            param.copy_(tensor)
+        loaded.add(name)
+    return loaded
+
+
+def check_loaded(model: LlamaForCausalLM, loaded: set[str], source: object) -> None:
+    """Raise if the checkpoint names `loaded` leave a parameter of `model` unset."""
+    missing = _expected(model, model.config) - loaded
+    if missing:
+        raise UnsupportedModelError(f"{source}: weights missing: {', '.join(sorted(missing)[:5])}")
 
 
 def _target(name: str) -> tuple[str, str | None]:

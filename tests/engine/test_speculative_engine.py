@@ -1,0 +1,337 @@
+"""Speculative decoding inside the engine: exact greedy outputs, target-distributed samples,
+fewer target passes, per-request policies, cache accounting, hot swap, OSD records.
+
+Tiny random models: the target (`llama-tied`, seed 0) and, as drafts on the engine's
+paged kernels, a cut of the target (mostly right) and another random model (mostly wrong,
+which exercises rejection and KV rollback on nearly every step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import stats as scistats
+
+from lmaas.engine.interface import EngineRequestError
+from lmaas.engine.speculation.osd_buffer import OSDRecorder, list_osd_files, load_osd_records
+from lmaas.engine.speculation.prompt_lookup import PromptLookupProposer
+from lmaas.engine.speculation.sampling import sampling_probs
+from lmaas.engine.speculator import Speculator, draft_proposer
+from lmaas.protocol import GenerateRequest, SamplingParams
+from tests.engine.conftest import build_tiny_model, make_engine
+
+CPU = torch.device("cpu")
+PROMPTS = [
+    "the cat sat on the mat, the cat sat on the mat, the cat",
+    "hello world, hello world, hello",
+    "one two three four one two three four one two",
+    "abc abc abc abc abc",
+    "the the the the the",
+    "Tell me about the thing and the other thing and the",
+]
+
+
+@pytest.fixture(scope="module")
+def target_dir(tiny_models) -> Path:
+    return tiny_models("llama-tied")
+
+
+@pytest.fixture(scope="module")
+def hf_target(target_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_other(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("other"), "llama-tied", seed=1)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def make_proposer(kind: str, hf_target, hf_other, engine):
+    """`ngram`, `cut` (layer 0 of the target) or `other` (another random model)."""
+    from lmaas.finetune.draft_builder import build_draft
+
+    if kind == "ngram":
+        return PromptLookupProposer()
+    draft = build_draft(hf_target, [0]) if kind == "cut" else build_draft(hf_other, [0, 1])
+    return draft_proposer(
+        draft,
+        vocab_size=engine.runner.model_config.vocab_size,
+        num_tokens=engine.block_manager.num_blocks * engine.block_manager.block_size,
+        block_size=4,
+        dtype=torch.float32,
+        device=CPU,
+    )
+
+
+def speculating_engine(target_dir, kind, hf_target, hf_other, *, policy="smartspec", **kw):
+    engine = make_engine(target_dir, CPU, **kw)
+    proposer = make_proposer(kind, hf_target, hf_other, engine)
+    engine.speculator = Speculator(proposer, max_k=4, policy=policy, model_name="tiny")
+    return engine
+
+
+def tokens_of(events) -> dict[str, list[int]]:
+    return {rid: [t for e in evs for t in e.token_ids] for rid, evs in events.items()}
+
+
+def mixed_requests(adapters: list[str | None]) -> list[GenerateRequest]:
+    """Greedy requests with various policies and adapters, plus one seeded sampled one."""
+    policies = [None, "fixed:3", "smartspec", "fixed:1", "off", "fixed:4"]
+    out = []
+    for i, prompt in enumerate(PROMPTS):
+        out.append(
+            GenerateRequest(
+                request_id=f"g{i}",
+                tenant_id=f"t{i % 2}",
+                adapter_id=adapters[i % len(adapters)],
+                prompt=prompt,
+                sampling=SamplingParams(
+                    max_tokens=24 + 3 * i,
+                    temperature=0,
+                    ignore_eos=True,
+                    speculation=policies[i],
+                ),
+            )
+        )
+    return out
+
+
+def load_adapters(engine, tiny_adapters) -> list[str | None]:
+    for name, seed in (("a1", 1), ("a2", 2)):
+        engine.add_adapter(engine.read_adapter(name, tiny_adapters("llama-tied", 8, seed)))
+    return [None, "a1", "a2"]
+
+
+@pytest.mark.parametrize("kind", ["ngram", "cut", "other"])
+@pytest.mark.parametrize("with_lora", [False, True], ids=["base", "lora"])
+def test_greedy_outputs_are_exactly_plain_decoding(
+    kind, with_lora, target_dir, hf_target, hf_other, tiny_adapters
+) -> None:
+    # A small token budget mixes verification with other requests' prompt chunks.
+    limits = dict(max_batched_tokens=24, max_num_seqs=8)
+    plain = make_engine(target_dir, CPU, **limits)
+    spec = speculating_engine(target_dir, kind, hf_target, hf_other, **limits)
+    adapters = [None]
+    if with_lora:
+        adapters = load_adapters(plain, tiny_adapters)
+        load_adapters(spec, tiny_adapters)
+    want = tokens_of(plain.generate(mixed_requests(adapters)))
+    got = tokens_of(spec.generate(mixed_requests(adapters)))
+    assert got == want
+    figures = spec.stats()["speculation"]
+    assert figures["proposed_tokens"] > 0
+    if kind != "other":
+        assert figures["accepted_tokens"] > 0
+    # Every cache slot of rejected drafts went back: nothing is held once all requests end.
+    assert spec.block_manager.num_free_blocks == spec.block_manager.num_blocks
+    backend = getattr(spec.speculator.proposer, "backend", None)
+    if backend is not None:
+        assert backend.blocks.num_free_blocks == backend.blocks.num_blocks
+
+
+@pytest.mark.parametrize("kind", ["ngram", "cut"])
+def test_accepted_drafts_save_target_passes(kind, target_dir, hf_target, hf_other) -> None:
+    plain = make_engine(target_dir, CPU)
+    spec = speculating_engine(target_dir, kind, hf_target, hf_other, policy="fixed:3")
+
+    def requests():  # all under the engine's policy (an `off` request would set the pace)
+        out = mixed_requests([None])
+        for r in out:
+            r.sampling.speculation = None
+        return out
+
+    want = tokens_of(plain.generate(requests()))
+    assert tokens_of(spec.generate(requests())) == want
+    figures = spec.stats()["speculation"]
+    assert figures["acceptance_rate"] > 0.5
+    assert spec.num_forward_passes < 0.7 * plain.num_forward_passes
+
+
+def test_requests_choose_their_policy(target_dir, hf_target, hf_other) -> None:
+    spec = speculating_engine(target_dir, "ngram", hf_target, hf_other, policy="off")
+    requests = [
+        GenerateRequest(
+            request_id=f"r{i}",
+            tenant_id=tenant,
+            prompt=PROMPTS[0],
+            sampling=SamplingParams(
+                max_tokens=20, temperature=0, ignore_eos=True, speculation=policy
+            ),
+        )
+        for i, (tenant, policy) in enumerate(
+            [("quiet", None), ("quiet", "off"), ("eager", "fixed:2"), ("logprobs", "fixed:2")]
+        )
+    ]
+    requests[3].sampling.logprobs = 2  # logprobs are reported per sampled token: no drafts
+    events = spec.generate(requests)
+    tenants = spec.stats()["speculation"]["tenant_acceptance"]
+    assert set(tenants) == {"eager"}  # the service default is off; only fixed:2 proposed
+    assert all(e.logprobs for e in events["r3"] if e.token_ids)
+    with pytest.raises(EngineRequestError, match="fixed:K") as info:
+        spec.add_request(
+            GenerateRequest(
+                request_id="bad", prompt="x", sampling=SamplingParams(speculation="fast please")
+            )
+        )
+    assert info.value.param == "speculation" and info.value.status == 400
+
+
+def test_drafts_never_preempt_and_fit_a_tight_cache(target_dir, hf_target, hf_other) -> None:
+    from tests.engine.conftest import cache_bytes
+
+    # 16 blocks of 4 tokens for 4 requests of ~20-token prompts + 12 new tokens each.
+    kw = dict(kv_cache_bytes=cache_bytes(target_dir, 40), max_num_seqs=4)
+    plain = make_engine(target_dir, CPU, **kw)
+    spec = speculating_engine(target_dir, "ngram", hf_target, hf_other, policy="fixed:4", **kw)
+    requests = mixed_requests([None])[:4]
+    want = tokens_of(plain.generate(requests))
+    assert tokens_of(spec.generate(mixed_requests([None])[:4])) == want
+    assert spec.num_preemptions <= plain.num_preemptions
+    assert spec.block_manager.num_free_blocks == spec.block_manager.num_blocks
+
+
+def test_draft_hot_swap_between_steps_keeps_requests_exact(target_dir, hf_target, hf_other) -> None:
+    plain = make_engine(target_dir, CPU)
+    want = tokens_of(plain.generate(mixed_requests([None])))
+    spec = speculating_engine(target_dir, "other", hf_target, hf_other, policy="fixed:3")
+    events: dict[str, list] = {r.request_id: [] for r in mixed_requests([None])}
+    for request in mixed_requests([None]):
+        spec.add_request(request)
+    for _ in range(4):
+        for rid, event in spec.step():
+            events[rid].append(event)
+    accepted_before = spec.stats()["speculation"]["accepted_tokens"]
+    spec.set_proposer(make_proposer("cut", hf_target, hf_other, spec))  # a better draft
+    while spec.has_unfinished_requests():
+        for rid, event in spec.step():
+            events[rid].append(event)
+    assert tokens_of(events) == want
+    assert spec.speculator.num_swaps == 1
+    assert spec.stats()["speculation"]["accepted_tokens"] > accepted_before + 20
+
+
+def test_osd_records_where_the_draft_was_right_and_wrong(
+    target_dir, hf_target, hf_other, tmp_path
+) -> None:
+    spec = speculating_engine(target_dir, "cut", hf_target, hf_other, policy="fixed:3")
+    spec.speculator.osd = OSDRecorder(str(tmp_path), "tiny")
+    out = tokens_of(spec.generate(mixed_requests([None])))
+    spec.speculator.osd.flush()
+    records = [
+        r
+        for tenant in ("t0", "t1")
+        for r in load_osd_records(list_osd_files(str(tmp_path), tenant, "tiny"))
+    ]
+    figures = spec.stats()["speculation"]
+    assert sum(len(r.right) for r in records) == figures["accepted_tokens"]
+    by_output = {tuple(r.token_ids[r.prompt_len :]): r for r in records}
+    for tokens in out.values():
+        record = by_output.get(tuple(tokens))
+        if record is None:  # `off` requests proposed nothing: no record
+            continue
+        assert all(record.prompt_len < p < len(record.token_ids) for p in record.right)
+        assert all(record.prompt_len < p < len(record.token_ids) for p in record.wrong)
+
+
+# Sampling: outputs follow the target distribution ---------------------------------------
+
+
+def exact_joint(hf_target, prompt_ids: list[int], top_k: int, length: int) -> dict[tuple, float]:
+    """P(first `length` tokens) under temperature 1 and `top_k`, by enumeration."""
+    out: dict[tuple, float] = {}
+
+    def walk(prefix: tuple, mass: float) -> None:
+        if len(prefix) == length:
+            out[prefix] = mass
+            return
+        with torch.no_grad():
+            logits = hf_target(torch.tensor([prompt_ids + list(prefix)])).logits[0, -1]
+        p = sampling_probs(logits, 1.0, top_k, 1.0)
+        for token in torch.nonzero(p).flatten().tolist():
+            walk((*prefix, token), mass * float(p[token]))
+
+    walk((), 1.0)
+    return out
+
+
+def chi_square_pvalue(engine, hf_target, prompt: str, n: int) -> float:
+    """Sample the first three tokens (temperature 1, top-k 2: 8 outcomes) of `n` requests
+    and test them against the target's exact probabilities."""
+    prompt_ids = engine.tokenizer.encode(prompt)
+    want = exact_joint(hf_target, prompt_ids, top_k=2, length=3)
+    torch.manual_seed(1234)
+    requests = [
+        GenerateRequest(
+            request_id=f"s{i}",
+            prompt_token_ids=prompt_ids,
+            sampling=SamplingParams(max_tokens=3, temperature=1.0, top_k=2, ignore_eos=True),
+        )
+        for i in range(n)
+    ]
+    counts: dict[tuple, int] = {}
+    for tokens in tokens_of(engine.generate(requests)).values():
+        counts[tuple(tokens)] = counts.get(tuple(tokens), 0) + 1
+    assert set(counts) <= set(want), "a sequence the target cannot produce under top-k 2"
+    outcomes = sorted(want)
+    total = sum(want.values())
+    observed = [counts.get(o, 0) for o in outcomes]
+    expected = [want[o] / total * n for o in outcomes]
+    return float(scistats.chisquare(observed, expected).pvalue)
+
+
+def sampling_engine(kind, target_dir, hf_target, hf_other):
+    return speculating_engine(
+        target_dir,
+        kind,
+        hf_target,
+        hf_other,
+        policy="fixed:2",
+        max_num_seqs=64,
+        max_batched_tokens=1024,
+    )
+
+
+@pytest.mark.parametrize(("kind", "prompt"), [("other", PROMPTS[5]), ("ngram", PROMPTS[1])])
+def test_sampled_outputs_follow_the_target_distribution(
+    kind, prompt, target_dir, hf_target, hf_other
+) -> None:
+    """Token 1 comes from the prefill, token 2 is a verified proposal (accepted, or
+    replaced by a draw from the residual) and token 3 the bonus or that draw."""
+    engine = sampling_engine(kind, target_dir, hf_target, hf_other)
+    n = 1000
+    pvalue = chi_square_pvalue(engine, hf_target, prompt, n)
+    figures = engine.stats()["speculation"]
+    assert figures["proposed_tokens"] >= n // 4  # speculation did run
+    assert 0 < figures["accepted_tokens"] < figures["proposed_tokens"]  # both paths ran
+    assert pvalue > 1e-3
+
+
+def test_the_distribution_test_catches_a_biased_verifier(
+    target_dir, hf_target, hf_other, monkeypatch
+) -> None:
+    """The same test fails when a rejection draws from p instead of the residual
+    norm(max(0, p − q)) — the classic bug."""
+    import lmaas.engine.speculator as speculator_module
+    from lmaas.engine.speculation.sampling import sample_from
+
+    real = speculator_module.verify
+
+    def biased(logits, draft_tokens, num_proposed, **kw):
+        out = real(logits, draft_tokens, num_proposed, **kw)
+        p = kw["target_probs"]
+        for b in range(out.num_accepted.shape[0]):
+            j = int(out.num_accepted[b])
+            if j < int(num_proposed[b]):
+                out.token_ids[b, j] = sample_from(p[b, j][None])[0]
+        return out
+
+    monkeypatch.setattr(speculator_module, "verify", biased)
+    engine = sampling_engine("other", target_dir, hf_target, hf_other)
+    assert chi_square_pvalue(engine, hf_target, PROMPTS[5], 1000) < 1e-3
