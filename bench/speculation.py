@@ -1,9 +1,30 @@
-"""Speculative decoding end to end: latency per policy under Poisson load, and one OSD round.
+"""Speculative decoding end to end on the default model: latency per policy under Poisson load,
+and one online-distillation (OSD) round on a shifted workload.
 
-    python bench/speculation.py [--quick] [--out bench/results/speculation.json]
+    python bench/speculation.py [--quick] [--only grounded,chat] [--skip-osd]
 
-Draft (built once, cached in bench/.cache/speculation): `build_default_draft` on the
-default model with capped sizes. Placeholder — the rest of the bench follows.
+Everything runs for real on this machine (CPU): SmolLM2-135M-Instruct in `lmaas.engine`
+(`AsyncEngine`: continuous batching, paged KV cache, the speculator of the step loop), no
+HTTP. Results go to bench/results/speculation.json, rewritten after every run, so that a
+cut-short bench still leaves its figures.
+
+- Workloads: `grounded` — summarise / repeat / rewrite / shorten a paragraph of this
+  repository's own documentation (README.md, bench/README.md, shared docs: a fixed local
+  corpus); `chat` — open questions from `finetune.draft_corpus` (held-out topics).
+- Proposers: `draft` — the default model's draft, built by `build_default_draft` with
+  capped sizes (`DRAFT_SIZES`, a few minutes) and cached in bench/.cache/speculation;
+  `prompt_lookup` — n-gram matches in the prompt and output so far.
+- Policies per request: `off`, `fixed:1`, `fixed:3`, `fixed:5`, `smartspec` (max k 5).
+  `off` never proposes, so it is run once per workload and rate and reported under both
+  proposers.
+- Load: Poisson arrivals at each rate (the same seeded arrival times and prompts for
+  every policy); latency = arrival to last token, greedy, fixed output length.
+- OSD: the engine serves Python-code prompts (a workload the draft was not built on)
+  with draft v1 (k = 1, so accepted / proposed is the per-token acceptance), recording
+  what the draft got wrong; one `lmaas.speculation.osd_round` (the worker task, called
+  with its worker context) distils v2; v2 is hot-swapped into the same engine and the
+  held-out code prompts are served again. `acceptance_before` / `acceptance_after` are
+  the engine's measured acceptance on those held-out prompts.
 """
 
 from __future__ import annotations
@@ -94,3 +115,397 @@ def ensure_draft(cache: Path = CACHE) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+# Prompts ------------------------------------------------------------------------------------
+
+_GROUNDED = [
+    "Summarize the following text in two sentences.\n\n{text}",
+    "Repeat the following text exactly, fixing any typos.\n\n{text}",
+    "Rewrite the following text in simpler words.\n\n{text}",
+    "Shorten the following text, keeping its main points.\n\n{text}",
+]
+_CORPUS_FILES = ["README.md", "bench/README.md", "platform/lmaas/engine/speculation/__init__.py"]
+
+
+def corpus_paragraphs(root: Path, *, min_words: int = 50, max_words: int = 110) -> list[str]:
+    """Prose paragraphs of this repository's docs: the grounded workload's texts."""
+    out: list[str] = []
+    for name in _CORPUS_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        for block in path.read_text().split("\n\n"):
+            lines = [ln.strip() for ln in block.splitlines()]
+            if not lines or any(ln.startswith(("|", "```", "#", "<!--")) for ln in lines):
+                continue
+            text = " ".join(ln.lstrip("-* ") for ln in lines)
+            words = text.split()
+            if min_words <= len(words):
+                out.append(" ".join(words[:max_words]))
+    return out
+
+
+def workload_prompts(workload: str, n: int, seed: int = 0) -> list[str]:
+    import random
+
+    from lmaas.finetune.draft_corpus import make_prompts
+
+    rng = random.Random(f"{workload}-{seed}")
+    if workload == "chat":
+        return make_prompts("chat", n, split="heldout", seed=seed)
+    if workload == "code":
+        return make_prompts("code", n, split="heldout", seed=seed)
+    if workload == "code-train":
+        return make_prompts("code", n, split="train", seed=seed)
+    paragraphs = corpus_paragraphs(Path(__file__).resolve().parents[1])
+    rng.shuffle(paragraphs)
+    return [
+        _GROUNDED[i % len(_GROUNDED)].format(text=paragraphs[i % len(paragraphs)]) for i in range(n)
+    ]
+
+
+# The engine ---------------------------------------------------------------------------------
+
+
+def make_engine(folder: Path, proposer: str, draft_url: str | None, threads: int, max_k: int):
+    from lmaas.engine.async_engine import AsyncEngine
+    from lmaas.engine.engine_config import EngineConfig, resolve_dtype
+
+    cpu = torch.device("cpu")
+    config = EngineConfig(
+        model_path=folder,
+        model_name="smollm2",
+        device=cpu,
+        dtype=resolve_dtype("auto", cpu),
+        kv_cache_bytes=384 << 20,
+        max_num_seqs=32,
+        max_batched_tokens=512,
+        lora_slots=0,
+        threads=threads,
+        speculation="smartspec",
+        speculation_max_k=max_k,
+        speculation_proposer=proposer,
+        draft_url=draft_url,
+    )
+    return AsyncEngine(config)
+
+
+def request(rid: str, text: str, policy: str, max_tokens: int, tenant: str = "bench"):
+    from lmaas.protocol import GenerateRequest, SamplingParams
+
+    return GenerateRequest(
+        request_id=rid,
+        tenant_id=tenant,
+        messages=[{"role": "user", "content": text}],
+        sampling=SamplingParams(
+            max_tokens=max_tokens, temperature=0, ignore_eos=True, speculation=policy
+        ),
+    )
+
+
+async def _one(engine, req, arrival: float, t0: float) -> tuple[float, list[int]]:
+    import asyncio
+
+    await asyncio.sleep(max(0.0, t0 + arrival - time.perf_counter()))
+    start = t0 + arrival
+    tokens: list[int] = []
+    async for event in engine.generate(req):
+        tokens += event.token_ids
+    return time.perf_counter() - start, tokens
+
+
+async def run_load(
+    engine, prompts: list[str], arrivals: list[float], policy: str, max_tokens: int, tag: str
+) -> dict:
+    """Serve `prompts` arriving at `arrivals` (seconds) under `policy`; latency figures."""
+    import asyncio
+
+    spec = engine.speculator
+    before = spec.stats.snapshot() if spec is not None else None
+    t0 = time.perf_counter() + 0.05
+    results = await asyncio.gather(
+        *(
+            _one(engine, request(f"{tag}-{i}", p, policy, max_tokens), a, t0)
+            for i, (p, a) in enumerate(zip(prompts, arrivals, strict=True))
+        )
+    )
+    wall = time.perf_counter() - t0
+    lat = sorted(r[0] for r in results)
+    out = {
+        "mean_s": sum(lat) / len(lat),
+        "p99_s": percentile(lat, 0.99),
+        "wall_s": wall,
+        "tokens": [r[1] for r in results],
+    }
+    if spec is not None and before is not None:
+        after = spec.stats.snapshot()
+        proposed = after["proposed_tokens"] - before["proposed_tokens"]
+        accepted = after["accepted_tokens"] - before["accepted_tokens"]
+        out["proposed"], out["accepted"] = proposed, accepted
+        out["acceptance"] = accepted / proposed if proposed else None
+        steps = after["steps"] - before["steps"]
+        out["mean_k"] = (
+            sum(int(k) * n for k, n in after["chosen_k"].items())
+            - sum(int(k) * n for k, n in before["chosen_k"].items())
+        ) / max(1, sum(after["chosen_k"].values()) - sum(before["chosen_k"].values()))
+        out["spec_steps"] = steps
+    return out
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def poisson_arrivals(rate: float, n: int, seed: int) -> list[float]:
+    import random
+
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+# Results ------------------------------------------------------------------------------------
+
+POLICIES = ["off", "fixed:1", "fixed:3", "fixed:5", "smartspec"]
+PROPOSERS = ["prompt_lookup", "draft"]
+
+
+class Results:
+    """The JSON file, rewritten after every run (a cut-short bench keeps what it measured)."""
+
+    def __init__(self, path: Path, meta: dict) -> None:
+        self.path = path
+        self.data: dict = json.loads(path.read_text()) if path.is_file() else {}
+        self.data["setup"] = meta
+        self.data.setdefault("details", {})
+
+    def put(self, workload: str, proposer: str, rates: list[float], policy: str, i: int, r: dict):
+        block = self.data.setdefault(workload, {}).setdefault(proposer, {"rates": rates})
+        block["rates"] = rates
+        fig = block.setdefault(
+            policy, {"mean_s": [None] * len(rates), "p99_s": [None] * len(rates)}
+        )
+        fig["mean_s"][i], fig["p99_s"][i] = round(r["mean_s"], 4), round(r["p99_s"], 4)
+        detail = {k: v for k, v in r.items() if k != "tokens"}
+        self.data["details"].setdefault(f"{workload}/{proposer}/{policy}", {})[str(rates[i])] = (
+            detail
+        )
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=1, default=str))
+
+
+# The latency grid ---------------------------------------------------------------------------
+
+
+async def warm_up(engine, max_tokens: int) -> None:
+    """Kernels, caches and the SmartSpec step-time model see every policy once."""
+    prompts = workload_prompts("grounded", 4) + workload_prompts("chat", 4)
+    for policy in POLICIES:
+        await run_load(engine, prompts, [0.0] * len(prompts), policy, max_tokens, f"w-{policy}")
+
+
+async def latency_grid(args, engines: dict, results: Results) -> None:
+    rates = args.rates
+    for workload in args.workloads:
+        prompts = workload_prompts(workload, args.requests)
+        for i, rate in enumerate(rates):
+            arrivals = poisson_arrivals(rate, args.requests, seed=1000 + i)
+            off_tokens = None
+            for proposer in PROPOSERS:
+                engine = engines[proposer]
+                for policy in POLICIES:
+                    if policy == "off" and proposer != PROPOSERS[0]:
+                        continue  # never proposes: the same run under both proposers
+                    tag = f"{workload}-{proposer}-{policy}-{rate}"
+                    r = await run_load(
+                        engine, prompts, arrivals, policy, args.max_tokens, tag.replace(":", "")
+                    )
+                    if policy == "off":
+                        off_tokens = r["tokens"]
+                    r["outputs_match_off"] = sum(
+                        a == b for a, b in zip(r["tokens"], off_tokens or [], strict=False)
+                    ) / len(prompts)
+                    targets = PROPOSERS if policy == "off" else [proposer]
+                    for p in targets:
+                        results.put(workload, p, rates, policy, i, r)
+                    log(
+                        f"{workload:8s} {proposer:13s} rate {rate:5.2f}/s {policy:9s} "
+                        f"mean {r['mean_s']:.3f}s p99 {r['p99_s']:.3f}s "
+                        f"acc {r.get('acceptance') or 0:.2f} k {r.get('mean_k', 0):.2f}"
+                    )
+
+
+# OSD on a shifted workload ------------------------------------------------------------------
+
+
+async def osd_round_bench(args, folder: Path, results: Results) -> None:
+    import shutil
+
+    from lmaas.config import Settings
+    from lmaas.finetune.draft_builder import latest_draft_version, load_draft, save_draft_version
+    from lmaas.finetune.draft_locations import DraftLocations
+    from lmaas.runtime.draft_supervisor import DraftSupervisor
+    from lmaas.tasks import OSD_ROUND
+    from lmaas.worker import create_worker_app
+
+    work = CACHE / "osd-work"
+    shutil.rmtree(work, ignore_errors=True)
+    settings = Settings(
+        home=work / "home",
+        artifact_url=str(work / "artifacts"),
+        model_name="smollm2",
+        draft_tenant="bench",
+        draft_poll_s=0,
+        osd_flush_s=3600,  # the bench flushes itself
+        osd_round_records=0,
+        osd_round_period_s=0,
+        osd_steps=args.osd_steps,
+    )
+    where = DraftLocations.from_settings(settings)
+    v1 = latest_draft_version(str(CACHE / "drafts"))
+    assert v1 is not None
+    save_draft_version(load_draft(v1[1]), where.shared_drafts("smollm2"))
+    engine = make_engine(folder, "draft", where.shared_drafts("smollm2"), args.threads, 5)
+    await engine.start()
+    supervisor = DraftSupervisor(settings, engine)
+    await supervisor.start()
+    train = workload_prompts("code-train", args.osd_traffic)
+    held = workload_prompts("code", args.osd_heldout)
+    t0 = time.monotonic()
+    served = await run_load(
+        engine, train, [0.0] * len(train), "fixed:1", args.osd_max_tokens, "osd-train"
+    )
+    files = await supervisor.flush(queue_rounds=False)
+    engine.speculator.osd = None  # held-out traffic is measured, not trained on
+    before = await run_load(
+        engine, held, [0.0] * len(held), "fixed:1", args.osd_max_tokens, "osd-before"
+    )
+    log(f"osd: {len(files)} record files; held-out acceptance with v1 {before['acceptance']:.3f}")
+    worker = create_worker_app(settings)
+    report = worker.tasks[OSD_ROUND].apply(args=["bench", "smollm2"]).get()
+    swapped = await supervisor.poll()
+    after = await run_load(
+        engine, held, [0.0] * len(held), "fixed:1", args.osd_max_tokens, "osd-after"
+    )
+    same = sum(a == b for a, b in zip(before["tokens"], after["tokens"], strict=True))
+    await engine.shutdown()
+    results.data["osd"] = {
+        "acceptance_before": before["acceptance"],
+        "acceptance_after": after["acceptance"],
+        "workload": "code (Python functions; the draft was built on chat + grounded)",
+        "how": "engine-measured accepted/proposed at k = 1 on held-out prompts, draft v1 "
+        "then the OSD version hot-swapped into the same engine",
+        "swapped": swapped,
+        "serving": list(supervisor.serving or ()),
+        "traffic_requests": len(train),
+        "traffic_acceptance": served["acceptance"],
+        "heldout_requests": len(held),
+        "heldout_outputs_unchanged": same / len(held),
+        "round": {k: v for k, v in report.items() if k != "url"},
+        "seconds": time.monotonic() - t0,
+    }
+    results.save()
+    log(
+        f"osd: acceptance {before['acceptance']:.3f} -> {after['acceptance']:.3f} "
+        f"(round on held-out records: {report.get('before', {}).get('greedy')} -> "
+        f"{report.get('after', {}).get('greedy')}), swapped={swapped}"
+    )
+
+
+# Main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 rates, 6 requests: a smoke run")
+    parser.add_argument("--out", default="bench/results/speculation.json")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: fastest on a shared machine)"
+    )
+    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")])
+    parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--only", default="grounded,chat", help="workloads of the latency grid")
+    parser.add_argument("--skip-osd", action="store_true")
+    parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument("--osd-traffic", type=int, default=32)
+    parser.add_argument("--osd-heldout", type=int, default=12)
+    parser.add_argument("--osd-max-tokens", type=int, default=64)
+    parser.add_argument("--osd-steps", type=int, default=60)
+    args = parser.parse_args()
+    args.workloads = [w for w in args.only.split(",") if w]
+    if args.rates is None:
+        args.rates = [0.5, 4.0] if args.quick else [0.25, 0.5, 1.0, 2.0, 4.0]
+    if args.quick:
+        args.requests, args.osd_traffic, args.osd_heldout, args.osd_steps = 6, 8, 4, 10
+    torch.set_num_threads(args.threads)
+    draft = ensure_draft()
+    folder = load_target_folder()
+    meta = {
+        "model": folder.name,
+        "device": "cpu",
+        "threads": args.threads,
+        "requests_per_run": args.requests,
+        "max_tokens": args.max_tokens,
+        "max_k": 5,
+        "draft": {
+            "layers": draft["layers"],
+            "relative_cost": draft["relative_cost"],
+            "heldout_acceptance": {w: a["greedy"] for w, a in draft["after"].items()},
+            "sizes": draft.get("sizes"),
+            "build_seconds": draft.get("seconds"),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    results = Results(Path(args.out), meta)
+
+    async def run_all() -> None:
+        if not args.skip_osd:
+            await osd_round_bench(args, folder, results)
+        if args.skip_grid:
+            return
+        engines = {
+            "prompt_lookup": make_engine(folder, "prompt_lookup", None, args.threads, 5),
+            "draft": make_engine(folder, "draft", str(CACHE / "drafts"), args.threads, 5),
+        }
+        for name, engine in engines.items():
+            await engine.start()
+            t = time.monotonic()
+            await warm_up(engine, 16)
+            log(f"{name}: warmed up in {time.monotonic() - t:.1f}s")
+        try:
+            await latency_grid(args, engines, results)
+        finally:
+            for engine in engines.values():
+                await engine.shutdown()
+
+    asyncio.run(run_all())
+    results.data["setup"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results.save()
+    log(f"wrote {args.out}")
+
+
+def load_target_folder() -> Path:
+    from lmaas.config import get_settings
+    from lmaas.engine.model_files import materialize_model
+
+    settings = get_settings()
+    return materialize_model(settings.resolved_base_model, settings.model_cache_dir)
+
+
+if __name__ == "__main__":
+    main()
