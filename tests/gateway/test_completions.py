@@ -67,6 +67,11 @@ def test_greedy_and_seeded_outputs_repeat(api: Api) -> None:
     a = _chat(api, headers, max_tokens=8, temperature=1.0, seed=7)["choices"][0]["message"]
     b = _chat(api, headers, max_tokens=8, temperature=1.0, seed=7)["choices"][0]["message"]
     assert a == b
+    # A request's own speculation policy (`extra_body` of the openai client) changes how it
+    # is computed, never what greedy decoding answers.
+    for policy in ("off", "fixed:3", "smartspec"):
+        out = _chat(api, headers, max_tokens=8, temperature=0, speculation=policy)
+        assert out["choices"][0]["message"]["content"] == first, policy
 
 
 def test_stop_strings_end_the_output(api: Api) -> None:
@@ -186,6 +191,8 @@ def test_bad_requests_get_clear_errors(api: Api) -> None:
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"speculation": "fixed:99"}, "speculation"),
+        ({"speculation": "turbo"}, "speculation"),
     ]:
         body = {"model": MODEL, "messages": MESSAGES, **extra}
         err = _error(c.post("/v1/chat/completions", headers=headers, json=body), 400)
@@ -196,6 +203,9 @@ def test_bad_requests_get_clear_errors(api: Api) -> None:
         400,
     )
     assert err["param"] == "prompt"
+    body = {"model": MODEL, "prompt": "x", "speculation": "turbo"}
+    err = _error(c.post("/v1/completions", headers=headers, json=body), 400)
+    assert err["param"] == "speculation" and "'fixed:3'" in err["message"], err
     err = _error(c.post("/v1/nowhere", headers=headers, json={}), 404)
     assert "no such endpoint" in err["message"]
     assert c.get("/v1/usage", headers=headers).json()["data"] == [], "refusals use no tokens"

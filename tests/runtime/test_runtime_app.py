@@ -112,3 +112,40 @@ def test_a_model_that_cannot_load_says_why(tmp_path: Path, tiny_model_dir: Path)
 def test_engine_factory_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="available: lmaas, reference"):
         create_engine(Settings(home=tmp_path, engine="nope"), tmp_path)
+
+
+def test_speculation_follows_the_settings_and_shows_in_metrics(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = settings_for(
+        tmp_path, tiny_model_dir, speculation="fixed:3", speculation_proposer="prompt_lookup"
+    )
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["ready"] is True
+        sampling = {"max_tokens": 24, "temperature": 0, "ignore_eos": True}
+        body = {
+            "request_id": "r1",
+            "prompt": "the cat the cat the cat the cat",
+            "sampling": sampling,
+        }
+        spec = lines(client.post("/internal/generate", json=body))
+        off = {**body, "request_id": "r2", "sampling": {**sampling, "speculation": "off"}}
+        plain = lines(client.post("/internal/generate", json=off))
+        assert [t for e in spec for t in e["token_ids"]] == [
+            t for e in plain for t in e["token_ids"]
+        ]
+        bad = {**body, "request_id": "r3", "sampling": {**sampling, "speculation": "fixed:x"}}
+        r = client.post("/internal/generate", json=bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "sampling.speculation"
+
+        metrics = client.get("/metrics").text
+        labels = '{model="tiny-llama",proposer="ngram"}'
+        proposed = re.search(
+            rf"^lmaas_spec_proposed_tokens_total{re.escape(labels)} (\S+)$", metrics, re.M
+        )
+        assert proposed and float(proposed.group(1)) > 0, metrics
+        assert 'lmaas_spec_chosen_k_bucket{le="3.0",model="tiny-llama",proposer="ngram"}' in metrics
+        assert "lmaas_spec_position_acceptance{" in metrics
+        assert (
+            'lmaas_spec_tenant_acceptance{model="tiny-llama",proposer="ngram",tenant=""}' in metrics
+        )

@@ -30,7 +30,7 @@ from lmaas.engine.sequence import Sequence
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
 from lmaas.engine.speculation.policy import SpecPolicyError, parse_policy
 from lmaas.engine.speculation.proposer import Proposer
-from lmaas.engine.speculator import Speculator, VerifyEntry, create_speculator
+from lmaas.engine.speculator import Speculator, VerifyEntry, create_speculator, draft_proposer
 from lmaas.engine.tokenizer import Tokenizer
 from lmaas.protocol import GenerateEvent, GenerateRequest
 
@@ -108,7 +108,7 @@ class LLMEngine:
             try:
                 parse_policy(request.sampling.speculation)
             except SpecPolicyError as exc:
-                raise EngineRequestError(str(exc), param="speculation") from exc
+                raise EngineRequestError(str(exc), param="sampling.speculation") from exc
         prepared = self.inputs.process(request)
         seq = Sequence(
             next(self._seq_ids),
@@ -142,6 +142,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         self.num_preemptions += len(batch.preempted)
         self.num_steps += 1
+        if spec is not None and batch.preempted:
+            spec.forget_cache(batch.preempted)
         events = [self._finish(seq, "length") for seq in batch.finished]
         if batch.is_empty:
             return events
@@ -182,6 +184,24 @@ class LLMEngine:
             prefill_tokens=min(pending, max(0, budget - num_decoding)),
             token_budget=budget,
             max_model_len=self.runner.max_model_len,
+        )
+
+    def load_draft_proposer(self, source: object) -> Proposer:
+        """A draft-model proposer for this engine from `source` (a draft folder or URL, e.g.
+        the one `finetune.draft_builder.latest_draft_version` names, or a `DraftLM`).
+
+        Slow (reads and converts the weights): call it off the step thread, then hand the
+        result to `set_proposer`. Its draft KV cache reuses the current draft's memory.
+        """
+        cache = self.runner.kv_cache
+        return draft_proposer(
+            source,
+            vocab_size=self.runner.model_config.vocab_size,
+            num_tokens=cache.num_blocks * cache.block_size,
+            block_size=cache.block_size,
+            dtype=self.config.dtype,
+            device=self.config.device,
+            reuse=self.speculator.proposer if self.speculator is not None else None,
         )
 
     def set_proposer(self, proposer: Proposer) -> None:
@@ -237,11 +257,12 @@ class LLMEngine:
                 if self.speculator is None:
                     raise RuntimeError(f"sequence {item.seq.seq_id} carries drafts but no proposer")
                 row = self.states[item.seq.request_id].row
-                span = logits[offset : offset + item.num_logits]
-                verifying.append((len(results), VerifyEntry(item.seq, span, row)))
+                entry = VerifyEntry(item.seq, offset, item.num_logits, row)
+                verifying.append((len(results), entry))
                 results.append(None)
         if verifying:
-            verified = self.speculator.verify([e for _, e in verifying])  # type: ignore[union-attr]
+            entries = [e for _, e in verifying]
+            verified = self.speculator.verify(logits, entries)  # type: ignore[union-attr]
             for (index, _), (tokens, rejected) in zip(verifying, verified, strict=True):
                 results[index] = (tokens, rejected, None)
         return results
@@ -295,7 +316,7 @@ class LLMEngine:
             num_adapters_on_device=len(self.lora.slots.resident()) if self.lora else 0,
             num_steps=self.num_steps,
             num_forward_passes=self.num_forward_passes,
-            speculation=self.speculator.stats.snapshot() if self.speculator else None,
+            speculation=self.speculator.snapshot() if self.speculator else None,
         )
 
     # Convenience for tests and benchmarks -------------------------------------------------

@@ -16,8 +16,9 @@
    The engine then rolls `num_computed_tokens` back past rejected drafts and frees the
    cache blocks past the sequence's end.
 3. `end_step(…)` — the step's seconds feed the controller's step-time model; acceptance
-   feeds its per-request estimators, `stats` (Prometheus through `SpecMetrics`) and the
-   OSD recorder.
+   feeds its per-request estimators, `stats` (`snapshot()`: the runtime's metrics) and,
+   with a draft model, the OSD recorder (where the draft was right and wrong: what online
+   distillation trains on; prompt lookup's misses say nothing about a draft).
 4. `release(seq, reason)` — a request ended: the controller and proposer forget it and
    the OSD recorder turns what it saw into a record.
 
@@ -64,10 +65,12 @@ class _Proposed:
 
 @dataclass
 class VerifyEntry:
-    """One speculating request of the step: its logits (1 + k, V) and sampling row."""
+    """One speculating request of the step: its `num_rows` (1 + k) rows of the step's
+    logits from `offset`, and its sampling row."""
 
     seq: Sequence
-    logits: torch.Tensor
+    offset: int
+    num_rows: int
     row: SamplingRow
 
 
@@ -154,6 +157,8 @@ class Speculator:
         self._started = time.perf_counter()
         self._apply_swap()
         self._proposed.clear()
+        for seq in running:  # drafts of a request the last step did not schedule are stale
+            seq.draft_token_ids = []
         decoding = [
             s
             for s in running
@@ -212,66 +217,100 @@ class Speculator:
                 q = probs[i] if probs is not None else None
                 self._proposed[seq.seq_id] = _Proposed(list(toks), q, seq.num_tokens)
 
-    def verify(self, entries: list[VerifyEntry]) -> list[tuple[list[int], int]]:
-        """Verify the proposals of `entries` in one batched call (step 2): per entry, the
-        tokens it emits (accepted proposals + one) and how many drafts were rejected."""
+    def verify(
+        self, logits: torch.Tensor, entries: list[VerifyEntry]
+    ) -> list[tuple[list[int], int]]:
+        """Verify the proposals of `entries` (their rows of the step's fp32 `logits`) in one
+        batched pass (step 2): per entry, the tokens it emits (accepted proposals + one)
+        and how many drafts were rejected.
+
+        Greedy entries compare their drafts with the argmax of their rows (one argmax over
+        the step's logits, `rejection.verify_greedy`'s rule); sampled ones go through
+        `rejection.verify` on the distribution the engine's sampler would draw from."""
         if not entries:
             return []
         proposed = []
         for e in entries:
             # The scheduler may have dropped trailing drafts (budget, free blocks).
-            p, n = self._proposed[e.seq.seq_id], e.logits.shape[0] - 1
+            p, n = self._proposed[e.seq.seq_id], e.num_rows - 1
             if not 0 < n <= len(p.tokens):
                 raise RuntimeError(f"sequence {e.seq.seq_id}: {n} drafts verified, {p} proposed")
             proposed.append(_Proposed(p.tokens[:n], None if p.q is None else p.q[:n], p.start))
-        width = max(len(p.tokens) for p in proposed)
-        vocab = entries[0].logits.shape[-1]
-        device = entries[0].logits.device
-        logits = torch.zeros((len(entries), width + 1, vocab), device=device)
-        for b, e in enumerate(entries):
-            logits[b, : e.logits.shape[0]] = e.logits
-        draft_tokens, num_proposed = pad_proposals(
-            [p.tokens for p in proposed], width=width, device=device
-        )
-        rows = [e.row for e in entries]
-        greedy = torch.tensor([r.greedy for r in rows], device=device)
-        target_probs = draft_probs = None
-        if not bool(greedy.all()):
-            target_probs = sampling_probs(
-                logits,
-                torch.tensor([r.temperature for r in rows]),
-                torch.tensor([r.top_k for r in rows]),
-                torch.tensor([r.top_p for r in rows]),
-            )
-            if any(p.q is not None for p in proposed):
-                draft_probs = torch.zeros((len(entries), width, vocab), device=device)
-                for b, p in enumerate(proposed):
-                    n = len(p.tokens)
-                    if p.q is not None:
-                        draft_probs[b, :n] = p.q.to(device)
-                    else:  # a point mass on each proposal
-                        draft_probs[b, torch.arange(n), torch.tensor(p.tokens)] = 1.0
-        out = verify(
-            logits,
-            draft_tokens,
-            num_proposed,
-            greedy=greedy,
-            target_probs=target_probs,
-            draft_probs=draft_probs,
-            generators=[r.generator for r in rows],
-        )
+        outcomes: list[tuple[list[int], int] | None] = [None] * len(entries)
+        greedy = [b for b, e in enumerate(entries) if e.row.greedy]
+        if greedy:
+            argmax = logits.argmax(dim=-1).tolist()
+            for b in greedy:
+                targets = argmax[entries[b].offset : entries[b].offset + entries[b].num_rows]
+                drafts = proposed[b].tokens
+                accepted = 0
+                while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
+                    accepted += 1
+                outcomes[b] = ([*drafts[:accepted], targets[accepted]], accepted)
+        sampled = [b for b, e in enumerate(entries) if not e.row.greedy]
+        if sampled:
+            for b, result in zip(
+                sampled, self._verify_sampled(logits, entries, proposed, sampled), strict=True
+            ):
+                outcomes[b] = result
         results = []
-        for e, p, tokens, accepted in zip(
-            entries, proposed, out.tokens(), out.num_accepted.tolist(), strict=True
-        ):
+        for e, p, outcome in zip(entries, proposed, outcomes, strict=True):
+            tokens, accepted = outcome or ([], 0)
             k = len(p.tokens)
             seq = e.seq
             self.controller.observe_verification(seq.seq_id, k, accepted)
             self.stats.record_verification(seq.tenant_id, k, accepted)
-            if self.osd is not None:
+            if self.osd is not None and self.proposer.kind == "draft":
                 self.osd.observe(seq.request_id, seq.tenant_id, p.start, k, accepted)
             results.append((tokens, k - accepted))
         return results
+
+    @staticmethod
+    def _verify_sampled(
+        logits: torch.Tensor,
+        entries: list[VerifyEntry],
+        proposed: list[_Proposed],
+        which: list[int],
+    ) -> list[tuple[list[int], int]]:
+        """Rejection sampling for the sampled entries `which`: (tokens, accepted) each."""
+        device = logits.device
+        width = max(len(proposed[b].tokens) for b in which)
+        index = []
+        for b in which:  # (B, width + 1) rows; short rows repeat their last (never used)
+            e = entries[b]
+            index.append([e.offset + min(j, e.num_rows - 1) for j in range(width + 1)])
+        rows_index = torch.tensor(index, device=device)
+        target = logits.index_select(0, rows_index.flatten()).view(len(which), width + 1, -1)
+        rows = [entries[b].row for b in which]
+        target_probs = sampling_probs(
+            target,
+            torch.tensor([r.temperature for r in rows]),
+            torch.tensor([r.top_k for r in rows]),
+            torch.tensor([r.top_p for r in rows]),
+        )
+        draft_tokens, num_proposed = pad_proposals(
+            [proposed[b].tokens for b in which], width=width, device=device
+        )
+        draft_probs = None
+        if any(proposed[b].q is not None for b in which):
+            draft_probs = torch.zeros((len(which), width, target.shape[-1]), device=device)
+            for i, b in enumerate(which):
+                p = proposed[b]
+                n = len(p.tokens)
+                if p.q is not None:
+                    draft_probs[i, :n] = p.q.to(device)
+                else:  # a point mass on each proposal
+                    draft_probs[i, torch.arange(n), torch.tensor(p.tokens)] = 1.0
+        out = verify(
+            target,
+            draft_tokens,
+            num_proposed,
+            greedy=torch.zeros(len(which), dtype=torch.bool, device=device),
+            target_probs=target_probs,
+            draft_probs=draft_probs,
+            generators=[r.generator for r in rows],
+        )
+        return list(zip(out.tokens(), out.num_accepted.tolist(), strict=True))
 
     def end_step(self, *, prefill_tokens: int, num_decode_tokens: int) -> None:
         """After the step's tokens are known (step 3; they are on the host, so the device
@@ -282,6 +321,11 @@ class Speculator:
         if self._specs:
             self.stats.record_step(seconds, self._ks, num_decode_tokens)
         self._proposed.clear()
+
+    def forget_cache(self, seqs: Seq[Sequence]) -> None:
+        """`seqs` were preempted: their draft caches go too (they are rebuilt on return)."""
+        for seq in seqs:
+            self.proposer.release(seq.seq_id)
 
     def release(self, seq: Sequence, reason: str) -> None:
         """`seq` ended (step 4)."""
@@ -295,6 +339,24 @@ class Speculator:
                 self.osd.finish(
                     seq.request_id, seq.token_ids, seq.num_prompt_tokens, seq.adapter_id
                 )
+
+    @property
+    def draft_version(self) -> int | None:
+        """The version of the draft model in use (None for prompt lookup)."""
+        draft = getattr(getattr(self.proposer, "backend", None), "draft", None)
+        return None if draft is None else draft.version
+
+    def snapshot(self) -> dict:
+        """Plain-JSON figures (`SpecStats.snapshot`, plus model, proposer, draft version…)."""
+        return {
+            **self.stats.snapshot(),
+            "model": self.stats.model,
+            "proposer": self.proposer.kind,
+            "draft_version": self.draft_version,
+            "policy": str(self.policy),
+            "max_k": self.max_k,
+            "swaps": self.num_swaps,
+        }
 
     @staticmethod
     def _view(seq: Sequence, row: SamplingRow | None) -> SpecSequence:
@@ -337,9 +399,12 @@ def draft_proposer(
     block_size: int,
     dtype: torch.dtype,
     device: torch.device,
+    reuse: Proposer | None = None,
 ) -> Proposer:
     """A `DraftModelProposer` over the draft `source` (folder, URL or `DraftLM`) on the
-    engine's kernels, with a paged draft cache of `num_tokens` tokens."""
+    engine's kernels, with a paged draft cache of `num_tokens` tokens — the cache memory
+    of the proposer `reuse` (the one it replaces) when it fits, so that a hot swap never
+    holds two draft caches."""
     from lmaas.engine.speculation.paged_draft import PagedDraftBackend, load_paged_draft
     from lmaas.engine.speculation.proposer import DraftModelProposer
 
@@ -349,7 +414,11 @@ def draft_proposer(
             f"the draft model's vocabulary ({draft.config.vocab_size} tokens) is not the "
             f"target's ({vocab_size}): a draft must share the target's tokenizer"
         )
-    backend = PagedDraftBackend(draft, num_tokens=num_tokens, block_size=block_size, device=device)
+    old = getattr(reuse, "backend", None)
+    cache = old.kv_cache if isinstance(old, PagedDraftBackend) else None
+    backend = PagedDraftBackend(
+        draft, num_tokens=num_tokens, block_size=block_size, device=device, kv_cache=cache
+    )
     return DraftModelProposer(backend)
 
 

@@ -98,21 +98,35 @@ class PagedDraftBackend:
         num_tokens: int,
         block_size: int = 16,
         device: torch.device | None = None,
+        kv_cache: KVCache | None = None,
     ) -> None:
+        """`kv_cache`: reuse this cache's memory if it has the draft's shape (the cache of
+        the backend this one replaces, which must no longer run once this one does)."""
         self.draft = draft
         model = draft.model
         self.dtype = model.dtype
         self.device = device or next(model.parameters()).device
         num_blocks = max(1, -(-num_tokens // block_size))
-        self.kv_cache = KVCache(
-            model.config,
-            num_blocks=num_blocks,
-            block_size=block_size,
-            dtype=self.dtype,
-            device=self.device,
-        )
+        if kv_cache is None or not self._fits(kv_cache, model.config, num_blocks, block_size):
+            kv_cache = KVCache(
+                model.config,
+                num_blocks=num_blocks,
+                block_size=block_size,
+                dtype=self.dtype,
+                device=self.device,
+            )
+        self.kv_cache = kv_cache
         self.blocks = BlockManager(num_blocks, block_size)
         self._seqs: dict[Hashable, EngineSequence] = {}
+
+    def _fits(self, cache: KVCache, config: ModelConfig, num_blocks: int, block_size: int) -> bool:
+        shape = (config.num_layers, 2, num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        tensor = cache.tensor
+        return (
+            tuple(tensor.shape) == shape
+            and tensor.dtype == self.dtype
+            and tensor.device == torch.device(self.device)
+        )
 
     @property
     def num_bytes(self) -> int:

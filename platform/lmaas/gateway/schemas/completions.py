@@ -2,7 +2,8 @@
 
 Requests accept what the official client sends; parameters lmaas does not implement are
 refused with a clear 400 when set to anything but their neutral value (rather than silently
-ignored), and unknown fields are ignored as extensions.
+ignored), and unknown fields are ignored as extensions — except lmaas' own extension
+`speculation` (a per-request speculative decoding policy, validated here).
 """
 
 from __future__ import annotations
@@ -82,6 +83,21 @@ class _SamplingRequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    speculation: str | None = Field(
+        default=None,
+        description="lmaas extension: this request's speculative decoding policy, `off`, "
+        "`fixed:K` or `smartspec` (the model service's when unset); with the openai client "
+        "`extra_body={'speculation': 'fixed:3'}`.",
+    )
+
+    @field_validator("speculation")
+    @classmethod
+    def _speculation_policy(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from lmaas.engine.speculation.policy import parse_policy  # torch-free
+
+        return str(parse_policy(value))  # SpecPolicyError (a ValueError) says what is valid
 
     @field_validator("stop")
     @classmethod
