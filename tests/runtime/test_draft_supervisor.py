@@ -159,6 +159,7 @@ async def test_records_are_flushed_and_rounds_queued(
     assert len(load_osd_records(list_osd_files(osd, "acme", "tiny"))) == 3
     scrape = generate_latest(state.metrics.registry).decode()
     assert 'lmaas_runtime_osd_rounds_queued_total{tenant="acme"} 1.0' in scrape
+    assert 'lmaas_spec_tenant_acceptance{model="tiny",proposer="draft",tenant="acme"}' in scrape
 
 
 async def test_a_tenant_runtime_moves_to_the_tenants_own_draft(

@@ -13,7 +13,7 @@ that did not help keeps its records), and by time at most once a period.
 - every `LMAAS_DRAFT_POLL_S` the newest draft version is looked up — the tenant's own
   lineage first for a runtime dedicated to one tenant (`LMAAS_DRAFT_TENANT`), then the
   model's shared draft — and a newer one is loaded off the step thread and swapped in
-  between two steps (`AsyncEngine.set_proposer`): requests in flight keep running, and
+  between two steps (`AsyncEngine.swap_draft`): requests in flight keep running, and
   greedy outputs do not change (verification keeps them exactly the target's).
 
 Figures: `lmaas_runtime_draft_version`, `lmaas_runtime_draft_swaps_total`,
@@ -81,7 +81,7 @@ class DraftSupervisor:
         send: SendTask | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine  # an AsyncEngine (anything with `speculator` and `set_proposer`)
+        self.engine = engine  # an AsyncEngine (anything with `speculator` and `swap_draft`)
         self.model = settings.model_name
         self.locations = DraftLocations.from_settings(settings)
         self._send = send or self._send_with_celery
@@ -229,25 +229,9 @@ class DraftSupervisor:
         root, version, url = newest
         if root == self.serving[0] and version <= self.serving[1]:
             return False
-        proposer = await asyncio.to_thread(self._load_proposer, url)
-        self.engine.set_proposer(proposer)
+        await self.engine.swap_draft(url)  # loads off the step thread, swaps between steps
         log.info("draft supervisor: swapping in draft v%d from %s", version, root)
         self.serving = (root, version)
         self.version_gauge.set(version)
         self.swaps.inc()
         return True
-
-    def _load_proposer(self, url: str) -> Any:
-        from lmaas.engine.speculator import draft_proposer
-
-        llm = self.engine.engine
-        cache = llm.runner.kv_cache
-        config = self.engine.config
-        return draft_proposer(
-            url,
-            vocab_size=llm.runner.model_config.vocab_size,
-            num_tokens=cache.num_blocks * cache.block_size,
-            block_size=config.block_size,
-            dtype=config.dtype,
-            device=config.device,
-        )
