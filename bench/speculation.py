@@ -236,6 +236,7 @@ async def run_load(
         "mean_s": sum(lat) / len(lat),
         "p99_s": percentile(lat, 0.99),
         "wall_s": wall,
+        "latencies": [round(x, 4) for x in lat],
         "tokens": [r[1] for r in results],
     }
     if spec is not None and before is not None:
@@ -288,16 +289,23 @@ class Results:
         self.data.setdefault("details", {})
 
     def put(self, workload: str, proposer: str, rates: list[float], policy: str, i: int, r: dict):
+        """Record one run; a later pass at the same cell is pooled with the earlier ones."""
         block = self.data.setdefault(workload, {}).setdefault(proposer, {"rates": rates})
         block["rates"] = rates
         fig = block.setdefault(
             policy, {"mean_s": [None] * len(rates), "p99_s": [None] * len(rates)}
         )
-        fig["mean_s"][i], fig["p99_s"][i] = round(r["mean_s"], 4), round(r["p99_s"], 4)
-        detail = {k: v for k, v in r.items() if k != "tokens"}
-        self.data["details"].setdefault(f"{workload}/{proposer}/{policy}", {})[str(rates[i])] = (
-            detail
-        )
+        cell = self.data["details"].setdefault(f"{workload}/{proposer}/{policy}", {})
+        old = cell.get(str(rates[i]))
+        passes = [] if old is None else old.get("passes", [old])
+        passes.append({k: v for k, v in r.items() if k != "tokens"})
+        cell[str(rates[i])] = {"passes": passes}
+        mean = sum(p["mean_s"] for p in passes) / len(passes)
+        if all("latencies" in p for p in passes):
+            p99 = percentile(sorted(x for p in passes for x in p["latencies"]), 0.99)
+        else:  # an early pass kept no latencies: the larger of the passes' p99
+            p99 = max(p["p99_s"] for p in passes)
+        fig["mean_s"][i], fig["p99_s"][i] = round(mean, 4), round(p99, 4)
         self.save()
 
     def save(self) -> None:
@@ -316,18 +324,26 @@ async def warm_up(engine, max_tokens: int) -> None:
 
 
 async def latency_grid(args, engines: dict, results: Results) -> None:
+    """Every (workload, rate, proposer, policy). A second pass (`--second-pass`) runs in the
+    reverse order (against drift of the machine's load), on other prompts and arrival times,
+    with `off` on each engine, and is pooled with the first."""
     rates = args.rates
+    second = args.second_pass
+    order = list(enumerate(rates))
+    proposers, policies = list(PROPOSERS), list(POLICIES)
+    if second:
+        order, proposers, policies = order[::-1], proposers[::-1], ["off", *policies[:0:-1]]
     for workload in args.workloads:
-        prompts = workload_prompts(workload, args.requests)
-        for i, rate in enumerate(rates):
-            arrivals = poisson_arrivals(rate, args.requests, seed=1000 + i)
+        prompts = workload_prompts(workload, args.requests, seed=int(second))
+        for i, rate in order:
+            arrivals = poisson_arrivals(rate, args.requests, seed=1000 * (1 + second) + i)
             off_tokens = None
-            for proposer in PROPOSERS:
+            for proposer in proposers:
                 engine = engines[proposer]
-                for policy in POLICIES:
-                    if policy == "off" and proposer != PROPOSERS[0]:
+                for policy in policies:
+                    if policy == "off" and proposer != proposers[0] and not second:
                         continue  # never proposes: the same run under both proposers
-                    tag = f"{workload}-{proposer}-{policy}-{rate}"
+                    tag = f"{workload}-{proposer}-{policy}-{rate}-{int(second)}"
                     r = await run_load(
                         engine, prompts, arrivals, policy, args.max_tokens, tag.replace(":", "")
                     )
@@ -336,7 +352,7 @@ async def latency_grid(args, engines: dict, results: Results) -> None:
                     r["outputs_match_off"] = sum(
                         a == b for a, b in zip(r["tokens"], off_tokens or [], strict=False)
                     ) / len(prompts)
-                    targets = PROPOSERS if policy == "off" else [proposer]
+                    targets = PROPOSERS if policy == "off" and not second else [proposer]
                     for p in targets:
                         results.put(workload, p, rates, policy, i, r)
                     log(
@@ -442,6 +458,9 @@ def main() -> None:
     parser.add_argument("--only", default="grounded,chat", help="workloads of the latency grid")
     parser.add_argument("--skip-osd", action="store_true")
     parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument(
+        "--second-pass", action="store_true", help="a reversed-order pass pooled with the first"
+    )
     parser.add_argument("--report", action="store_true", help="only rewrite the .md from the JSON")
     parser.add_argument("--osd-traffic", type=int, default=32)
     parser.add_argument("--osd-heldout", type=int, default=12)
@@ -505,6 +524,15 @@ def main() -> None:
     log(f"wrote {args.out} and {md}")
 
 
+def _pooled(cell: dict | None, key: str) -> float | None:
+    """The mean of `key` over a detail cell's passes."""
+    if not cell:
+        return None
+    values = [p.get(key) for p in cell.get("passes", [cell])]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def report(data: dict) -> str:
     """bench/results/speculation.md: the tables and the targets, from the JSON."""
     setup = data.get("setup", {})
@@ -548,8 +576,8 @@ def report(data: dict) -> str:
             acc = []
             for policy in POLICIES[1:]:
                 d = details.get(f"{workload}/{proposer}/{policy}", {})
-                vals = [d.get(str(r), {}).get("acceptance") for r in rates]
-                ks = [d.get(str(r), {}).get("mean_k") for r in rates]
+                vals = [_pooled(d.get(str(r)), "acceptance") for r in rates]
+                ks = [_pooled(d.get(str(r)), "mean_k") for r in rates]
                 acc.append(
                     f"{policy}: acceptance "
                     + ", ".join("—" if v is None else f"{v:.2f}" for v in vals)
