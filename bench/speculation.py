@@ -168,7 +168,14 @@ def workload_prompts(workload: str, n: int, seed: int = 0) -> list[str]:
 # The engine ---------------------------------------------------------------------------------
 
 
-def make_engine(folder: Path, proposer: str, draft_url: str | None, threads: int, max_k: int):
+def make_engine(
+    folder: Path,
+    proposer: str,
+    draft_url: str | None,
+    threads: int,
+    max_k: int,
+    dtype: torch.dtype | None = None,
+):
     from lmaas.engine.async_engine import AsyncEngine
     from lmaas.engine.engine_config import EngineConfig, resolve_dtype
 
@@ -177,7 +184,7 @@ def make_engine(folder: Path, proposer: str, draft_url: str | None, threads: int
         model_path=folder,
         model_name="smollm2",
         device=cpu,
-        dtype=resolve_dtype("auto", cpu),
+        dtype=dtype or resolve_dtype("auto", cpu),
         kv_cache_bytes=384 << 20,
         max_num_seqs=32,
         max_batched_tokens=512,
@@ -282,10 +289,11 @@ PROPOSERS = ["prompt_lookup", "draft"]
 class Results:
     """The JSON file, rewritten after every run (a cut-short bench keeps what it measured)."""
 
-    def __init__(self, path: Path, meta: dict) -> None:
+    def __init__(self, path: Path, meta: dict | None) -> None:
         self.path = path
         self.data: dict = json.loads(path.read_text()) if path.is_file() else {}
-        self.data["setup"] = meta
+        if meta is not None or "setup" not in self.data:
+            self.data["setup"] = meta or {}
         self.data.setdefault("details", {})
 
     def put(self, workload: str, proposer: str, rates: list[float], policy: str, i: int, r: dict):
@@ -360,6 +368,30 @@ async def latency_grid(args, engines: dict, results: Results) -> None:
                         f"mean {r['mean_s']:.3f}s p99 {r['p99_s']:.3f}s "
                         f"acc {r.get('acceptance') or 0:.2f} k {r.get('mean_k', 0):.2f}"
                     )
+
+
+async def exactness(args, folder: Path, results: Results) -> None:
+    """Greedy outputs of `off` vs `fixed:3` (prompt lookup), the same 10 grounded requests
+    at once, in float32 and in bfloat16: which precision keeps them identical."""
+    out = {}
+    prompts = workload_prompts("grounded", 10, seed=7)
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        engine = make_engine(folder, "prompt_lookup", None, args.threads, 5, dtype)
+        await engine.start()
+        runs = {}
+        for policy in ("off", "fixed:3", "off"):
+            r = await run_load(engine, prompts, [0.0] * 10, policy, args.max_tokens, f"x{name}")
+            runs.setdefault(policy, []).append(r["tokens"])
+        await engine.shutdown()
+        off1, off2 = runs["off"]
+        spec = runs["fixed:3"][0]
+        out[name] = {
+            "off_vs_off": sum(a == b for a, b in zip(off1, off2, strict=True)) / 10,
+            "fixed3_vs_off": sum(a == b for a, b in zip(spec, off1, strict=True)) / 10,
+        }
+        log(f"exactness {name}: {out[name]}")
+    results.data["exactness"] = out
+    results.save()
 
 
 # OSD on a shifted workload ------------------------------------------------------------------
@@ -459,6 +491,9 @@ def main() -> None:
     parser.add_argument("--skip-osd", action="store_true")
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument(
+        "--exactness", action="store_true", help="only the float32 / bfloat16 exactness check"
+    )
+    parser.add_argument(
         "--second-pass", action="store_true", help="a reversed-order pass pooled with the first"
     )
     parser.add_argument("--report", action="store_true", help="only rewrite the .md from the JSON")
@@ -495,9 +530,12 @@ def main() -> None:
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    results = Results(Path(args.out), meta)
+    results = Results(Path(args.out), None if args.exactness else meta)
 
     async def run_all() -> None:
+        if args.exactness:
+            await exactness(args, folder, results)
+            return
         if not args.skip_osd:
             await osd_round_bench(args, folder, results)
         if args.skip_grid:
@@ -518,7 +556,8 @@ def main() -> None:
                 await engine.shutdown()
 
     asyncio.run(run_all())
-    results.data["setup"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if not args.exactness:
+        results.data["setup"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results.save()
     md.write_text(report(results.data))
     log(f"wrote {args.out} and {md}")
@@ -536,6 +575,14 @@ def _pooled(cell: dict | None, key: str) -> float | None:
 def report(data: dict) -> str:
     """bench/results/speculation.md: the tables and the targets, from the JSON."""
     setup = data.get("setup", {})
+    passes = max(
+        (
+            len(cell.get("passes", [cell]))
+            for cells in data.get("details", {}).values()
+            for cell in cells.values()
+        ),
+        default=0,
+    )
     lines = [
         "# Speculative decoding on SmolLM2-135M-Instruct (CPU) — generated by "
         "`python bench/speculation.py --report`",
@@ -548,8 +595,10 @@ def report(data: dict) -> str:
         f"{ {w: round(a, 3) for w, a in setup.get('draft', {}).get('heldout_acceptance', {}).items()} }. "
         f"Started {setup.get('started')}, finished {setup.get('finished', '— (cut short)')}.",
         "",
-        "Mean / p99 request latency in seconds (arrival to last token). `off` is one run "
-        "per rate, shown under both proposers.",
+        f"Mean / p99 request latency in seconds (arrival to last token), {passes} pass(es) "
+        "pooled per cell (a second pass runs in the reverse order, on other prompts and "
+        "arrival times). `off` never proposes: the first pass runs it once per rate for "
+        "both proposers, a second pass on each proposer's engine.",
         "",
     ]
     checks: list[str] = []
@@ -603,6 +652,30 @@ def report(data: dict) -> str:
                         f"{'✅' if m <= 1.05 * best else '❌'} | {vs_off:.2f} "
                         f"{'✅' if vs_off <= 1.05 else '❌'} | {1 / vs_off:.2f}× |"
                     )
+    same = []  # cells where smartspec proposed nothing: the same computation as `off`
+    for workload in ("grounded", "chat"):
+        for proposer in PROPOSERS:
+            block = data.get(workload, {}).get(proposer, {})
+            cells = data.get("details", {}).get(f"{workload}/{proposer}/smartspec", {})
+            for i, rate in enumerate(block.get("rates", [])):
+                k = _pooled(cells.get(str(rate)), "mean_k")
+                m, o = block.get("smartspec", {}), block.get("off", {})
+                if k == 0 and m.get("mean_s", [None] * 5)[i] and o.get("mean_s", [None] * 5)[i]:
+                    same.append(m["mean_s"][i] / o["mean_s"][i])
+    if same:
+        geo = 1.0
+        for r in same:
+            geo *= r ** (1 / len(same))
+        lines += [
+            "## Noise floor",
+            "",
+            f"In {len(same)} cells SmartSpec proposed nothing at all (k = 0 every step: "
+            "exactly the computation of `off`, on the draft engine). There its mean latency "
+            f"was {min(same):.2f}–{max(same):.2f}× that of `off` (geometric mean "
+            f"{geo:.2f}): the spread of two identical runs on this shared machine, against "
+            "which every ratio below must be read.",
+            "",
+        ]
     lines += [
         "## Targets",
         "",
@@ -615,6 +688,22 @@ def report(data: dict) -> str:
         *checks,
         "",
     ]
+    exact = data.get("exactness")
+    if exact:
+        lines += [
+            "## Greedy exactness and the precision",
+            "",
+            "The same 10 grounded requests, all at once: `off` twice, `fixed:3` (prompt "
+            "lookup) once; the share of requests with identical tokens.",
+            "",
+            "| dtype | off vs off | fixed:3 vs off |",
+            "| --- | ---: | ---: |",
+            *(
+                f"| {name} | {v['off_vs_off']:.0%} | {v['fixed3_vs_off']:.0%} |"
+                for name, v in exact.items()
+            ),
+            "",
+        ]
     osd = data.get("osd")
     if osd:
         delta = osd["acceptance_after"] - osd["acceptance_before"]
