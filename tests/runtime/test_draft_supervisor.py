@@ -182,6 +182,25 @@ async def test_a_tenant_runtime_moves_to_the_tenants_own_draft(
         await state.stop()
 
 
+async def test_the_first_draft_replaces_prompt_lookup_under_auto(
+    settings: Settings, target_dir: Path, hf_target
+) -> None:
+    settings = settings.model_copy(update={"speculation_proposer": "auto"})
+    state = RuntimeState(settings, make_engine(settings, target_dir))  # no draft built yet
+    await state.start()
+    try:
+        assert state.engine.speculator.proposer.kind == "ngram"
+        assert state.drafts is not None and state.drafts.serving is None
+        assert not await state.drafts.poll()
+        save_shared(settings, hf_target, [0])
+        assert await state.drafts.poll()
+        tokens, reason = await run(state.engine, requests("a", "fixed:2", n=1)[0])
+        assert reason == "length" and len(tokens) == 60
+        assert state.engine.speculator.proposer.kind == "draft"
+    finally:
+        await state.stop()
+
+
 @pytest.mark.slow
 async def test_the_whole_loop_with_a_real_worker(
     settings: Settings, target_dir: Path, hf_target

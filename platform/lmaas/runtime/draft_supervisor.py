@@ -1,7 +1,9 @@
 """The runtime's side of online distillation: record, flush, queue OSD rounds, hot-swap drafts.
 
 `DraftSupervisor` attaches an `OSDRecorder` to the engine's speculator (when it speculates
-with a draft model) and runs two loops beside the engine:
+with a draft model, or may: `LMAAS_SPECULATION_PROPOSER=auto` before any draft was built,
+when the first draft that appears replaces prompt lookup) and runs two loops beside the
+engine:
 
 - every `LMAAS_OSD_FLUSH_S` (and on shutdown) the recorder's buffers are written to
   `<artifact URL>/osd/<tenant>/<model>/`; a (tenant, model) whose records waiting there
@@ -129,16 +131,21 @@ class DraftSupervisor:
         return int(getattr(draft, "version", 0) or 0)
 
     async def start(self) -> None:
-        version = self._draft_version()
-        if version is None:
-            log.info("draft supervisor: the engine has no draft model; nothing to record or swap")
+        spec = self.speculator
+        if spec is None:
             return
-        self.serving = (self.locations.shared_drafts(self.model), version)
-        self.version_gauge.set(version)
+        version = self._draft_version()
+        if version is not None:
+            self.serving = (self.locations.shared_drafts(self.model), version)
+            self.version_gauge.set(version)
+        elif self.settings.speculation_proposer != "auto":
+            log.info("draft supervisor: prompt lookup only; no draft to record for or swap")
+            return
+        # With `auto` and no draft yet, the first one built is swapped in when it appears.
         s = self.settings
-        if s.osd_flush_s > 0:
+        if s.osd_flush_s > 0:  # the speculator records only while a draft proposes
             self.recorder = _Recorder(self.locations.osd, self.model)
-            self.speculator.osd = self.recorder
+            spec.osd = self.recorder
             self._tasks.append(asyncio.create_task(self._every(s.osd_flush_s, self.flush)))
         if s.draft_poll_s > 0:
             self._tasks.append(asyncio.create_task(self._every(s.draft_poll_s, self.poll)))
@@ -224,10 +231,10 @@ class DraftSupervisor:
     async def poll(self) -> bool:
         """Swap in a newer draft version if there is one; True if it did."""
         newest = await asyncio.to_thread(self.newest_draft)
-        if newest is None or self.serving is None or newest[:2] == self.serving:
+        if newest is None or newest[:2] == self.serving:
             return False
         root, version, url = newest
-        if root == self.serving[0] and version <= self.serving[1]:
+        if self.serving is not None and root == self.serving[0] and version <= self.serving[1]:
             return False
         await self.engine.swap_draft(url)  # loads off the step thread, swaps between steps
         log.info("draft supervisor: swapping in draft v%d from %s", version, root)
