@@ -54,19 +54,26 @@ def hf_other(tmp_path_factory):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
+def noisy_draft(hf_target):
+    """Layer 1 of the target with a noisy output head: right often, not always."""
+    draft = build_draft(hf_target, [1])
+    with torch.no_grad():
+        head = draft.model.lm_head.weight
+        head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(0)) * 0.1)
+    return draft
+
+
 def make_proposer(kind: str, hf_target, hf_other, engine):
-    """`ngram`, `cut` (layer 0 of the target) or `other` (another random model)."""
+    """`ngram`; drafts: `cut` (layer 0 of the target: nearly always right), `noisy`
+    (`noisy_draft`) or `other` (another random model: nearly always wrong)."""
     if kind == "ngram":
         return PromptLookupProposer()
-    draft = build_draft(hf_target if kind == "cut" else hf_other, [0])
-    return draft_proposer(
-        draft,
-        vocab_size=engine.runner.model_config.vocab_size,
-        num_tokens=engine.block_manager.num_blocks * engine.block_manager.block_size,
-        block_size=4,
-        dtype=torch.float32,
-        device=CPU,
-    )
+    drafts = {
+        "cut": lambda: build_draft(hf_target, [0]),
+        "noisy": lambda: noisy_draft(hf_target),
+        "other": lambda: build_draft(hf_other, [0]),
+    }
+    return engine.load_draft_proposer(drafts[kind]())
 
 
 def speculating_engine(target_dir, kind, hf_target, hf_other, *, policy="smartspec", **kw):
@@ -81,7 +88,7 @@ def tokens_of(events) -> dict[str, list[int]]:
 
 
 def mixed_requests(adapters: list[str | None]) -> list[GenerateRequest]:
-    """Greedy requests with various policies and adapters, plus one seeded sampled one."""
+    """Greedy requests of two tenants with various policies and adapters."""
     policies = [None, "fixed:3", "smartspec", "fixed:1", "off", "fixed:4"]
     out = []
     for i, prompt in enumerate(PROMPTS):
@@ -108,7 +115,7 @@ def load_adapters(engine, tiny_adapters) -> list[str | None]:
     return [None, "a1", "a2"]
 
 
-@pytest.mark.parametrize("kind", ["ngram", "cut", "other"])
+@pytest.mark.parametrize("kind", ["ngram", "cut", "noisy", "other"])
 @pytest.mark.parametrize("with_lora", [False, True], ids=["base", "lora"])
 def test_greedy_outputs_are_exactly_plain_decoding(
     kind, with_lora, target_dir, hf_target, hf_other, tiny_adapters
@@ -121,11 +128,22 @@ def test_greedy_outputs_are_exactly_plain_decoding(
     if with_lora:
         adapters = load_adapters(plain, tiny_adapters)
         load_adapters(spec, tiny_adapters)
+    mixed_steps = 0
+    forward = spec.runner.forward
+
+    def counting_forward(items):
+        nonlocal mixed_steps
+        verifies = any(i.num_logits > 1 for i in items)
+        mixed_steps += verifies and any(i.num_new_tokens > i.num_logits for i in items)
+        return forward(items)
+
+    spec.runner.forward = counting_forward
     want = tokens_of(plain.generate(mixed_requests(adapters)))
     got = tokens_of(spec.generate(mixed_requests(adapters)))
     assert got == want
     figures = spec.stats()["speculation"]
     assert figures["proposed_tokens"] > 0
+    assert mixed_steps > 0  # passes that verified drafts and computed prompt chunks at once
     if kind != "other":
         assert figures["accepted_tokens"] > 0
     # Every cache slot of rejected drafts went back: nothing is held once all requests end.
@@ -151,6 +169,33 @@ def test_accepted_drafts_save_target_passes(kind, target_dir, hf_target, hf_othe
     figures = spec.stats()["speculation"]
     assert figures["acceptance_rate"] > 0.5
     assert spec.num_forward_passes < 0.7 * plain.num_forward_passes
+
+
+def test_a_stop_string_inside_accepted_drafts_ends_the_output_there(
+    target_dir, hf_target, hf_other
+) -> None:
+    def request(stop: list[str]) -> GenerateRequest:
+        return GenerateRequest(
+            request_id="r",
+            prompt=PROMPTS[4],
+            sampling=SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop=stop),
+        )
+
+    def run(engine, stop: list[str]) -> tuple[str, str | None]:
+        events = engine.generate([request(stop)])["r"]
+        return "".join(e.text for e in events), events[-1].finish_reason
+
+    plain = make_engine(target_dir, CPU)
+    full, _ = run(plain, [])  # (this prompt's answer has text; some are unprintable ids)
+    half = len(full) // 2  # a stop string that first occurs in the second half
+    stop = next(
+        full[i : i + 2] for i in range(half, len(full)) if full.find(full[i : i + 2]) >= half
+    )
+    want = run(plain, [stop])
+    assert want[1] == "stop" and len(want[0]) < len(full)
+    spec = speculating_engine(target_dir, "ngram", hf_target, hf_other, policy="fixed:4")
+    assert run(spec, [stop]) == want
+    assert spec.stats()["speculation"]["accepted_tokens"] > 0
 
 
 def test_requests_choose_their_policy(target_dir, hf_target, hf_other) -> None:
@@ -180,6 +225,49 @@ def test_requests_choose_their_policy(target_dir, hf_target, hf_other) -> None:
             )
         )
     assert info.value.param == "sampling.speculation" and info.value.status == 400
+
+
+def test_seeded_requests_repeat_under_smartspec(target_dir, hf_target, hf_other) -> None:
+    """A seed gives the same output whatever the load: under `smartspec` a seeded sampled
+    request does not speculate, so it is exactly what plain decoding samples."""
+
+    def requests() -> list[GenerateRequest]:
+        return [
+            GenerateRequest(
+                request_id=f"s{seed}",
+                prompt=PROMPTS[seed],
+                sampling=SamplingParams(max_tokens=16, temperature=1.0, seed=seed),
+            )
+            for seed in range(3)
+        ] + mixed_requests([None])[:3]  # greedy neighbours that do speculate
+
+    want = tokens_of(make_engine(target_dir, CPU).generate(requests()))
+    spec = speculating_engine(target_dir, "ngram", hf_target, hf_other)
+    assert tokens_of(spec.generate(requests())) == want
+    assert spec.stats()["speculation"]["proposed_tokens"] > 0
+
+
+def test_a_small_draft_cache_limits_speculation_not_requests(target_dir, hf_target) -> None:
+    engine = make_engine(target_dir, CPU)
+    proposer = draft_proposer(
+        build_draft(hf_target, [0]),
+        vocab_size=engine.runner.model_config.vocab_size,
+        num_tokens=40,  # room for about two sequences' drafts
+        block_size=4,
+        dtype=torch.float32,
+        device=CPU,
+    )
+    engine.speculator = Speculator(proposer, max_k=3, policy="fixed:3")
+    roomy = make_engine(target_dir, CPU)
+    roomy.speculator = Speculator(
+        roomy.load_draft_proposer(build_draft(hf_target, [0])), max_k=3, policy="fixed:3"
+    )
+    want = tokens_of(make_engine(target_dir, CPU).generate(mixed_requests([None])))
+    assert tokens_of(engine.generate(mixed_requests([None]))) == want
+    assert tokens_of(roomy.generate(mixed_requests([None]))) == want
+    small, large = (e.stats()["speculation"]["proposed_tokens"] for e in (engine, roomy))
+    assert 0 < small < large  # the requests that fitted speculated, the others waited
+    assert proposer.backend.blocks.num_free_blocks == proposer.backend.blocks.num_blocks
 
 
 def test_drafts_never_preempt_and_fit_a_tight_cache(target_dir, hf_target, hf_other) -> None:
@@ -222,22 +310,12 @@ def test_draft_hot_swap_between_steps_keeps_requests_exact(target_dir, hf_target
 def test_osd_records_where_the_draft_was_right_and_wrong(
     target_dir, hf_target, hf_other, tmp_path
 ) -> None:
-    """Greedy requests under a mediocre draft (layer 1 of the target, noisy): every recorded
+    """Greedy requests under a mediocre draft (`noisy_draft`): every recorded
     position holds the target's token, and the draft's own greedy guess from the tokens
     before it equals that token exactly at the `right` positions, never at `wrong` ones."""
     engine = make_engine(target_dir, CPU)
-    draft = build_draft(hf_target, [1])
-    with torch.no_grad():  # a noisy output head: right often, not always
-        head = draft.model.lm_head.weight
-        head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(0)) * 0.1)
-    proposer = draft_proposer(
-        draft,
-        vocab_size=engine.runner.model_config.vocab_size,
-        num_tokens=1024,
-        block_size=4,
-        dtype=torch.float32,
-        device=CPU,
-    )
+    draft = noisy_draft(hf_target)
+    proposer = engine.load_draft_proposer(draft)
     engine.speculator = Speculator(proposer, max_k=4, policy="fixed:3", model_name="tiny")
     engine.speculator.osd = OSDRecorder(str(tmp_path), "tiny")
     out = tokens_of(engine.generate(mixed_requests([None])))
@@ -283,8 +361,10 @@ def exact_joint(hf_target, prompt_ids: list[int], top_k: int, length: int) -> di
 
 
 def chi_square_pvalue(engine, hf_target, prompt: str, n: int) -> float:
-    """Sample the first three tokens (temperature 1, top-k 2: 8 outcomes) of `n` requests
-    and test them against the target's exact probabilities."""
+    """Sample four tokens (temperature 1, top-k 2) for `n` requests and test the first
+    three (8 outcomes) against the target's exact probabilities. Token 1 comes from the
+    prefill; under `fixed:2` tokens 2 and 3 are verified proposals (accepted, or replaced
+    by a draw from the residual) and what follows the bonus or that draw."""
     prompt_ids = engine.tokenizer.encode(prompt)
     want = exact_joint(hf_target, prompt_ids, top_k=2, length=3)
     torch.manual_seed(1234)
@@ -292,13 +372,13 @@ def chi_square_pvalue(engine, hf_target, prompt: str, n: int) -> float:
         GenerateRequest(
             request_id=f"s{i}",
             prompt_token_ids=prompt_ids,
-            sampling=SamplingParams(max_tokens=3, temperature=1.0, top_k=2, ignore_eos=True),
+            sampling=SamplingParams(max_tokens=4, temperature=1.0, top_k=2, ignore_eos=True),
         )
         for i in range(n)
     ]
     counts: dict[tuple, int] = {}
     for tokens in tokens_of(engine.generate(requests)).values():
-        counts[tuple(tokens)] = counts.get(tuple(tokens), 0) + 1
+        counts[tuple(tokens[:3])] = counts.get(tuple(tokens[:3]), 0) + 1
     assert set(counts) <= set(want), "a sequence the target cannot produce under top-k 2"
     outcomes = sorted(want)
     total = sum(want.values())
@@ -323,14 +403,14 @@ def sampling_engine(kind, target_dir, hf_target, hf_other):
 def test_sampled_outputs_follow_the_target_distribution(
     kind, prompt, target_dir, hf_target, hf_other
 ) -> None:
-    """Token 1 comes from the prefill, token 2 is a verified proposal (accepted, or
-    replaced by a draw from the residual) and token 3 the bonus or that draw."""
+    """Speculating sampled requests are distributed as plain decoding (`chi_square_pvalue`)."""
     engine = sampling_engine(kind, target_dir, hf_target, hf_other)
     n = 1000
     pvalue = chi_square_pvalue(engine, hf_target, prompt, n)
     figures = engine.stats()["speculation"]
     assert figures["proposed_tokens"] >= n // 4  # speculation did run
     assert 0 < figures["accepted_tokens"] < figures["proposed_tokens"]  # both paths ran
+    assert len(figures["position_acceptance"]) == 2  # second proposals were verified too
     assert pvalue > 1e-3
 
 
@@ -369,6 +449,13 @@ def test_the_engine_finds_its_proposer_from_the_settings(
     with pytest.raises(ValueError, match="no draft model"):
         make_engine(target_dir, CPU, speculation_proposer="draft", **spec)
 
+    Path(root).mkdir(parents=True)
+    (Path(root) / "LATEST").write_text("v0009")  # names a version that is not there
+    broken = make_engine(target_dir, CPU, speculation_proposer="auto", **spec)
+    assert broken.speculator.proposer.kind == "ngram"  # logged, and prompt lookup serves
+    with pytest.raises(FileNotFoundError):
+        make_engine(target_dir, CPU, speculation_proposer="draft", **spec)
+
     version, _ = save_draft_version(build_draft(hf_target, [0]), root)
     engine = make_engine(target_dir, CPU, speculation_proposer="auto", **spec)
     assert engine.speculator.proposer.kind == "draft"
@@ -389,27 +476,28 @@ def test_the_engine_finds_its_proposer_from_the_settings(
         )
 
 
-def test_the_async_engine_swaps_in_a_new_draft_version(target_dir, hf_target, hf_other, tmp_path):
+def test_the_async_engine_swaps_in_draft_versions(target_dir, hf_target, hf_other, tmp_path):
+    """`auto` starts on prompt lookup (no draft yet), then takes a first draft and a better
+    second version, each between two steps, with the same outputs throughout."""
     import asyncio
 
     from lmaas.engine.async_engine import AsyncEngine
     from lmaas.engine.engine_config import EngineConfig
 
     root = str(tmp_path / "drafts")
-    save_draft_version(build_draft(hf_other, [0]), root)
     config = EngineConfig(
         model_path=target_dir,
         block_size=4,
         kv_cache_bytes=1 << 20,
         speculation="fixed:3",
         speculation_max_k=3,
-        speculation_proposer="draft",
+        speculation_proposer="auto",
         draft_url=root,
     )
     plain = make_engine(target_dir, CPU)
     want = tokens_of(plain.generate(mixed_requests([None])[:2]))
 
-    async def main() -> tuple[dict, int | None, dict]:
+    async def main() -> tuple[list, list, dict]:
         engine = AsyncEngine(config)
         await engine.start()
         try:
@@ -417,23 +505,21 @@ def test_the_async_engine_swaps_in_a_new_draft_version(target_dir, hf_target, hf
             async def run(request: GenerateRequest) -> list[int]:
                 return [t async for e in engine.generate(request) for t in e.token_ids]
 
-            requests = mixed_requests([None])[:2]
-            first = await asyncio.gather(*(run(r) for r in requests))
-            version, url = save_draft_version(build_draft(hf_target, [0]), root)
-            swapped = await engine.swap_draft(url)
-            assert swapped == version
-            second = await asyncio.gather(*(run(r) for r in mixed_requests([None])[:2]))
-            return (
-                {"first": first, "second": second},
-                engine.engine.speculator.draft_version,
-                engine.stats()["speculation"],
-            )
+            outputs, kinds = [], []
+            for draft in (None, build_draft(hf_other, [0]), build_draft(hf_target, [0])):
+                if draft is not None:
+                    version, url = save_draft_version(draft, root)
+                    assert await engine.swap_draft(url) == version
+                outputs.append(await asyncio.gather(*map(run, mixed_requests([None])[:2])))
+                kinds.append(engine.stats()["speculation"]["proposer"])
+            return outputs, kinds, engine.stats()["speculation"]
         finally:
             await engine.shutdown()
 
-    outputs, version, figures = asyncio.run(main())
-    assert outputs["first"] == outputs["second"] == [want["g0"], want["g1"]]
-    assert version == 2 and figures["draft_version"] == 2 and figures["swaps"] == 1
+    outputs, kinds, figures = asyncio.run(main())
+    assert outputs == [[want["g0"], want["g1"]]] * 3
+    assert kinds == ["ngram", "draft", "draft"]
+    assert figures["draft_version"] == 2 and figures["swaps"] == 2
 
 
 def test_the_paged_draft_computes_what_the_draft_model_does(hf_target) -> None:

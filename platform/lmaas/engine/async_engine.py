@@ -97,11 +97,10 @@ class AsyncEngine(InferenceEngine):
 
     async def swap_draft(self, source: str | Path) -> int | None:
         """Load the draft at `source` (a draft folder or URL) on a worker thread and swap it
-        in at the next step boundary; returns its version. Raises `RuntimeError` when this
-        engine does not speculate with a draft model."""
-        spec = self.engine.speculator
-        if spec is None or spec.proposer.kind != "draft":
-            raise RuntimeError("this engine does not speculate with a draft model")
+        in at the next step boundary (replacing a previous draft, or prompt lookup);
+        returns its version. Raises `RuntimeError` when this engine does not speculate."""
+        if self.engine.speculator is None:
+            raise RuntimeError("this engine does not speculate (LMAAS_SPECULATION_MAX_K=0)")
         proposer = await asyncio.to_thread(self.engine.load_draft_proposer, source)
         self.set_proposer(proposer)
         return proposer.backend.draft.version  # type: ignore[attr-defined]

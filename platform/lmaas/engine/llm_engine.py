@@ -2,8 +2,9 @@
 
 `step` is the whole loop body — propose drafts (speculative decoding, `speculator`),
 schedule, load adapters the scheduler placed, run the model, sample (or verify drafts in
-one batched call), post-process (detokenize, stop, free what finished). A failure of the forward pass fails the requests of that batch
-with an error event; the engine keeps serving the others.
+one batched call), post-process (detokenize, stop, free what finished). A failure of the
+forward pass fails the requests of that batch with an error event; the engine keeps
+serving the others.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lmaas.engine.sampler import Sampler
 from lmaas.engine.scheduler import Scheduler
 from lmaas.engine.sequence import Sequence
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
-from lmaas.engine.speculation.policy import SpecPolicyError, parse_policy
+from lmaas.engine.speculation.policy import MAX_FIXED_K, SpecPolicyError, parse_policy
 from lmaas.engine.speculation.proposer import Proposer
 from lmaas.engine.speculator import Speculator, VerifyEntry, create_speculator, draft_proposer
 from lmaas.engine.tokenizer import Tokenizer
@@ -60,7 +61,7 @@ class LLMEngine:
             speculator = create_speculator(
                 config,
                 vocab_size=self.runner.model_config.vocab_size,
-                num_cache_tokens=cache.num_blocks * cache.block_size,
+                num_cache_tokens=self._draft_cache_tokens(),
                 osd=osd,
             )
         elif osd is not None:
@@ -197,18 +198,25 @@ class LLMEngine:
         return draft_proposer(
             source,
             vocab_size=self.runner.model_config.vocab_size,
-            num_tokens=cache.num_blocks * cache.block_size,
+            num_tokens=self._draft_cache_tokens(),
             block_size=cache.block_size,
             dtype=self.config.dtype,
             device=self.config.device,
             reuse=self.speculator.proposer if self.speculator is not None else None,
         )
 
+    def _draft_cache_tokens(self) -> int:
+        """Tokens a draft cache holds: what the target's does, plus room for every
+        sequence's proposals and a partial block — the draft never runs out first."""
+        cache = self.runner.kv_cache
+        per_seq = MAX_FIXED_K + cache.block_size
+        return cache.num_blocks * cache.block_size + self.config.max_num_seqs * per_seq
+
     def set_proposer(self, proposer: Proposer) -> None:
         """Replace the speculation proposer (a new draft version) between two steps.
 
         Thread-safe: call it from any thread once the new proposer is loaded (loading is
-        slow: do it off the step thread, e.g. `speculator.draft_proposer(url, …)`). The swap
+        slow: do it off the step thread: `load_draft_proposer(url)`). The swap
         happens at the start of the next step; requests in flight keep running, and their
         draft KV caches are rebuilt lazily by the new proposer on its first proposal.
         """

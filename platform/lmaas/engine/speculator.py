@@ -23,8 +23,14 @@
    the OSD recorder turns what it saw into a record.
 
 Requests asking for logprobs never speculate (the engine reports logprobs per sampled
-token). `swap_proposer` replaces the proposer (a new draft version) at the next step
-boundary; see its docstring.
+token), nor do seeded sampled ones under `smartspec` (`request_policy`).
+
+For the runtime: `LLMEngine(config, osd=OSDRecorder(…))` (or `AsyncEngine(config,
+osd=…)`) builds the speculator the config asks for (`create_speculator`: prompt lookup,
+or the draft at `config.draft_url`) and records OSD data into the recorder (flushing it is
+the runtime's job). A new draft version goes in with `await AsyncEngine.swap_draft(url)`
+(loads off the step thread, swaps between two steps) — or `LLMEngine.load_draft_proposer`
+then `LLMEngine.set_proposer`. `LLMEngine.stats()["speculation"]` is `Speculator.snapshot()`.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from lmaas.engine.sequence import Sequence, SequenceStatus
 from lmaas.engine.speculation.controller import SmartSpecController, SpecRequest
 from lmaas.engine.speculation.metrics import SpecMetrics, SpecStats
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
-from lmaas.engine.speculation.paged_draft import DraftCacheFull
+from lmaas.engine.speculation.paged_draft import DraftCacheFull, PagedDraftBackend
 from lmaas.engine.speculation.policy import SpecPolicy, parse_policy, resolve_policy
 from lmaas.engine.speculation.proposer import Proposer, SpecSequence
 from lmaas.engine.speculation.rejection import pad_proposals, verify
@@ -114,11 +120,9 @@ class Speculator:
         next step on. Thread-safe; takes effect between two steps, so no request is
         dropped: the new proposer has no draft cache yet and rebuilds each sequence's on
         its first `propose` (one catch-up prefill of the draft), and the old one's caches
-        are released. Acceptance estimates and the step-time model are kept (they adapt)."""
-        if proposer.kind != self.proposer.kind:
-            raise ValueError(
-                f"cannot swap a {self.proposer.kind!r} proposer for a {proposer.kind!r} one"
-            )
+        are released. Acceptance estimates and the step-time model are kept (they adapt).
+        Prompt lookup may give way to a first draft model (`auto` before any draft was
+        built) and back: the controller then starts counting the draft's cost."""
         with self._lock:
             self._next_proposer = proposer
 
@@ -132,17 +136,30 @@ class Speculator:
         if release_all is not None:
             release_all()
         self.proposer = new
+        self.controller.proposer = "draft" if new.kind == "draft" else "ngram"
+        self.stats.proposer = new.kind
         self.num_swaps += 1
         log.info("speculation: proposer swapped (%d swaps)", self.num_swaps)
 
     # The step --------------------------------------------------------------------------------
 
     def request_policy(self, seq: Sequence) -> SpecPolicy:
+        """The policy `seq` runs under: its own, else the engine's, capped at `max_k`.
+
+        Requests asking for logprobs never speculate; nor do seeded sampled requests under
+        `smartspec`: its choices follow measured step times, and the random numbers a
+        request draws depend on how many tokens it proposes — the same seed would give
+        different outputs on a busy and an idle machine. (Under `off` they are exactly
+        those of plain decoding; `fixed:K` keeps them repeatable for the same batch.)"""
         params = seq.params
-        if params is not None and getattr(params, "logprobs", None) is not None:
+        if params is None:
+            return resolve_policy(self.policy, None, max_k=self.max_k)
+        if params.logprobs is not None:
             return SpecPolicy("off")
-        own = getattr(params, "speculation", None) if params is not None else None
-        return resolve_policy(self.policy, own, max_k=self.max_k)
+        policy = resolve_policy(self.policy, params.speculation, max_k=self.max_k)
+        if policy.mode == "smartspec" and params.seed is not None and params.temperature > 0:
+            return SpecPolicy("off")
+        return policy
 
     def propose(
         self,
@@ -173,6 +190,8 @@ class Speculator:
             max(0, min(s.max_tokens - s.num_output_tokens, max_model_len - s.num_tokens) - 1)
             for s in decoding
         ]
+        policies = [self.request_policy(s) for s in decoding]
+        limits = [m if p.speculates else 0 for m, p in zip(limits, policies, strict=True)]
         views = [self._view(s, rows.get(s.seq_id)) for s in decoding]
         looked_up: list[list[int]] | None = None
         if self.proposer.kind != "draft":
@@ -183,17 +202,19 @@ class Speculator:
             SpecRequest(
                 s.seq_id,
                 s.num_computed_tokens,
-                self.request_policy(s),
+                policy,
                 s.tenant_id,
                 s.adapter_id,
                 max_proposals=limit,
             )
-            for s, limit in zip(decoding, limits, strict=True)
+            for s, policy, limit in zip(decoding, policies, limits, strict=True)
         ]
         plan = self.controller.plan(
             self._specs, prefill_tokens=prefill_tokens, token_budget=token_budget
         )
         ks = plan.ks
+        if looked_up is None and any(ks):
+            ks = self._fit_draft_cache(decoding, ks)
         if looked_up is not None:
             tokens, probs = [t[:k] for t, k in zip(looked_up, ks, strict=True)], None
         elif any(ks):
@@ -216,6 +237,26 @@ class Speculator:
                 seq.draft_token_ids = list(toks)
                 q = probs[i] if probs is not None else None
                 self._proposed[seq.seq_id] = _Proposed(list(toks), q, seq.num_tokens)
+
+    def _fit_draft_cache(self, decoding: list[Sequence], ks: list[int]) -> list[int]:
+        """Speculate only with the requests whose draft cache fits what is free (cheapest
+        first), so that a full draft cache costs some requests' proposals, not all."""
+        backend = getattr(self.proposer, "backend", None)
+        if not isinstance(backend, PagedDraftBackend):
+            return ks
+        needs = {
+            i: backend.blocks_needed(seq.seq_id, seq.num_tokens + ks[i])
+            for i, seq in enumerate(decoding)
+            if ks[i]
+        }
+        free = backend.blocks.num_free_blocks
+        ks = list(ks)
+        for i in sorted(needs, key=needs.__getitem__):
+            if needs[i] <= free:
+                free -= needs[i]
+            else:
+                ks[i] = 0
+        return ks
 
     def verify(
         self, logits: torch.Tensor, entries: list[VerifyEntry]
@@ -430,7 +471,10 @@ def create_speculator(
     osd: OSDRecorder | None = None,
     metrics: SpecMetrics | None = None,
 ) -> Speculator | None:
-    """The speculator an `EngineConfig` asks for; None when `speculation_max_k` is 0."""
+    """The speculator an `EngineConfig` asks for; None when `speculation_max_k` is 0.
+
+    `auto` falls back to prompt lookup when there is no draft or it cannot be loaded
+    (logged); `draft` raises then."""
     from lmaas.engine.speculation.prompt_lookup import PromptLookupProposer
 
     max_k = config.speculation_max_k
@@ -448,15 +492,21 @@ def create_speculator(
                 f"{config.draft_url!r} (LMAAS_DRAFT_URL): build one, or use prompt_lookup"
             )
         if found is not None:
-            proposer = draft_proposer(
-                found[1],
-                vocab_size=vocab_size,
-                num_tokens=num_cache_tokens,
-                block_size=config.block_size,
-                dtype=config.dtype,
-                device=config.device,
-            )
-            log.info("speculation: draft model version %d from %s", found[0], found[1])
+            try:
+                proposer = draft_proposer(
+                    found[1],
+                    vocab_size=vocab_size,
+                    num_tokens=num_cache_tokens,
+                    block_size=config.block_size,
+                    dtype=config.dtype,
+                    device=config.device,
+                )
+            except (OSError, ValueError) as exc:  # UnsupportedModelError is a ValueError
+                if kind == "draft":
+                    raise
+                log.warning("speculation: cannot load the draft at %s (%s)", found[1], exc)
+            else:
+                log.info("speculation: draft model version %d from %s", found[0], found[1])
     if proposer is None:
         proposer = PromptLookupProposer()
     return Speculator(

@@ -136,6 +136,12 @@ class PagedDraftBackend:
     def bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
         return kv_bytes_per_block(config, 1, dtype)
 
+    def blocks_needed(self, seq_id: Hashable, num_tokens: int) -> int:
+        """Free blocks the sequence needs for its cache to hold `num_tokens` tokens."""
+        seq = self._seqs.get(seq_id)
+        held = 0 if seq is None else seq.num_blocks
+        return max(0, -(-num_tokens // self.blocks.block_size) - held)
+
     def cached_tokens(self, seq_id: Hashable) -> int:
         seq = self._seqs.get(seq_id)
         return 0 if seq is None else seq.num_computed_tokens

@@ -103,6 +103,22 @@ class DraftBackend(Protocol):
     def release(self, seq_id: Hashable) -> None: ...
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of `a` and `b`. Draft caches differ from their sequence
+    only in the last few tokens (rejected proposals), so whole-slice comparisons (C speed)
+    settle all but a short tail, which is scanned."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    start = max(0, n - 64)
+    if a[:start] != b[:start]:
+        start = 0
+    for i in range(start, n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 class DraftModelProposer:
     """Proposes by running a draft model `k` times (see the module docstring)."""
 
@@ -122,11 +138,7 @@ class DraftModelProposer:
         tokens = list(seq.token_ids)
         if not tokens:
             raise ValueError(f"sequence {seq.seq_id!r} has no tokens to continue")
-        common = 0
-        for a, b in zip(cached, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
+        common = _common_prefix(cached, tokens)
         common = min(common, len(tokens) - 1)  # always feed at least the last token
         if common < len(cached):
             self.backend.truncate(seq.seq_id, common)
