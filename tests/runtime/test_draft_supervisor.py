@@ -1,7 +1,7 @@
 """The runtime's draft supervisor on a real engine (tiny models): a newer draft version is
 swapped in while requests run — all of them complete, with exactly the greedy outputs of
 plain decoding; OSD records reach the store and rounds are queued; a tenant's own draft
-wins on a runtime dedicated to it; the whole loop with a real worker."""
+wins on a runtime dedicated to it; the whole loop with a real worker raises acceptance."""
 
 from __future__ import annotations
 
@@ -201,11 +201,16 @@ async def test_the_first_draft_replaces_prompt_lookup_under_auto(
         await state.stop()
 
 
-@pytest.mark.slow
+def acceptance(engine) -> tuple[int, int]:
+    snap = engine.speculator.stats.snapshot()
+    return snap["accepted_tokens"], snap["proposed_tokens"]
+
+
 async def test_the_whole_loop_with_a_real_worker(
     settings: Settings, target_dir: Path, hf_target
 ) -> None:
-    """Serve → record → flush → queued round → worker distils → runtime swaps the new draft."""
+    """Serve → record → flush → queued round → worker distils → runtime swaps the new draft,
+    which is accepted more often on the same traffic."""
     from celery.contrib.testing.worker import start_worker
 
     from lmaas.worker import create_worker_app
@@ -222,6 +227,7 @@ async def test_the_whole_loop_with_a_real_worker(
                 await asyncio.gather(
                     *(run(state.engine, r) for r in requests(f"r{rnd}-", "fixed:3", n=5))
                 )
+            accepted, proposed = acceptance(state.engine)
             await state.drafts.flush()
             deadline = time.monotonic() + 120
             while (latest_draft_version(tenant_root) or (0,))[0] < 2:
@@ -229,5 +235,10 @@ async def test_the_whole_loop_with_a_real_worker(
                 await asyncio.sleep(0.2)
         assert await state.drafts.poll()
         assert state.drafts.serving == (tenant_root, 2)
+        await asyncio.gather(*(run(state.engine, r) for r in requests("after-", "fixed:3", n=5)))
+        accepted2, proposed2 = acceptance(state.engine)
     finally:
         await state.stop()
+    before = accepted / proposed
+    after = (accepted2 - accepted) / (proposed2 - proposed)
+    assert after > before + 0.1, (before, after)
