@@ -278,6 +278,43 @@ class Settings(BaseSettings):
         "runtime hot-swaps newer versions) or one draft folder. Default "
         "`<artifact URL>/drafts/<model name>`.",
     )
+    draft_tenant: str | None = Field(
+        default=None,
+        description="A runtime dedicated to one tenant serves that tenant's own draft (refined "
+        "by OSD rounds on its traffic, under `<artifact URL>/tenant-drafts`) once it has one; "
+        "unset = the model's shared draft (`LMAAS_DRAFT_URL`).",
+    )
+    draft_poll_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often the runtime looks for a newer version of its draft and swaps it "
+        "into the running engine (between two steps: no request is dropped); 0 = never.",
+    )
+    osd_flush_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often the runtime writes what it recorded for online distillation "
+        "(OSD: where the draft was wrong) to `$LMAAS_ARTIFACT_URL/osd`, one folder per "
+        "(tenant, model); also on shutdown. 0 = record nothing.",
+    )
+    osd_round_records: int = Field(
+        default=256,
+        ge=0,
+        description="The runtime queues an OSD round (`lmaas.speculation.osd_round`) for a "
+        "(tenant, model) once it has flushed this many records for it; 0 = never by count.",
+    )
+    osd_round_period_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="The runtime also queues an OSD round for a (tenant, model) with flushed "
+        "records this long after its last one, however few; 0 = never by time.",
+    )
+    osd_steps: int = Field(
+        default=60,
+        ge=1,
+        description="Distillation steps of one OSD round (worker); the new draft version is "
+        "kept only if its acceptance on held-out records did not drop.",
+    )
     log_level: str = Field(default="INFO", description="Log level of every process.")
 
     @field_validator("home", mode="after")

@@ -20,7 +20,15 @@ from celery import Celery
 
 from lmaas.config import Settings
 
-__all__ = ["FINETUNE_RUN_JOB", "TASK_NAMES", "VERIFY_ADAPTER", "create_celery", "send_task"]
+__all__ = [
+    "BUILD_DRAFT",
+    "FINETUNE_RUN_JOB",
+    "OSD_ROUND",
+    "TASK_NAMES",
+    "VERIFY_ADAPTER",
+    "create_celery",
+    "send_task",
+]
 
 VERIFY_ADAPTER = "lmaas.adapters.verify"
 """args: (adapter_id,) — check the stored adapter's tensors; mark it verified or failed."""
@@ -28,7 +36,13 @@ VERIFY_ADAPTER = "lmaas.adapters.verify"
 FINETUNE_RUN_JOB = "lmaas.finetune.run_job"
 """args: (job_id,) — run (or resume) the fine-tune job `job_id`; reserved for lmaas.finetune."""
 
-TASK_NAMES = (VERIFY_ADAPTER, FINETUNE_RUN_JOB)
+BUILD_DRAFT = "lmaas.speculation.build_draft"
+"""args: (model, options=None) — build the model's shared draft (the offline recipe)."""
+
+OSD_ROUND = "lmaas.speculation.osd_round"
+"""args: (tenant_id, model, options=None) — distil the tenant's draft on its recorded traffic."""
+
+TASK_NAMES = (VERIFY_ADAPTER, FINETUNE_RUN_JOB, BUILD_DRAFT, OSD_ROUND)
 
 
 def create_celery(settings: Settings, *, include: Sequence[str] = ()) -> Celery:

@@ -15,6 +15,7 @@ from lmaas.config import Settings
 from lmaas.engine.interface import EngineRequestError, InferenceEngine
 from lmaas.engine.model_files import materialize_model
 from lmaas.runtime.adapter_loader import AdapterLoader
+from lmaas.runtime.draft_supervisor import DraftSupervisor
 from lmaas.runtime.engines import create_engine
 from lmaas.runtime.metrics import RuntimeMetrics
 
@@ -33,6 +34,7 @@ class RuntimeState:
         self.phase = "starting"
         self.error: str | None = None
         self.metrics = RuntimeMetrics(lambda: self.engine)
+        self.drafts: DraftSupervisor | None = None
         self._given = engine
         self._task: asyncio.Task[None] | None = None
 
@@ -69,6 +71,9 @@ class RuntimeState:
     async def _activate(self, engine: InferenceEngine) -> None:
         await engine.start()
         self.loader = AdapterLoader(engine, self.settings.home / "runtime-adapters")
+        if getattr(engine, "speculator", None) is not None:
+            self.drafts = DraftSupervisor(self.settings, engine, registry=self.metrics.registry)
+            await self.drafts.start()
         self.engine = engine
         self.phase = "ready"
 
@@ -93,3 +98,5 @@ class RuntimeState:
             self._task.cancel()
         if self.engine is not None:
             await self.engine.shutdown()
+        if self.drafts is not None:
+            await self.drafts.stop()  # after the engine: what its last requests recorded too

@@ -29,6 +29,7 @@ __all__ = [
 WORKER_TASK_MODULES: list[str] = [
     "lmaas.worker.adapter_tasks",
     "lmaas.worker.finetune_tasks",
+    "lmaas.worker.draft_tasks",
 ]
 
 
