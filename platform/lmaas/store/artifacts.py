@@ -12,11 +12,12 @@ from __future__ import annotations
 import posixpath
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from fsspec.core import url_to_fs
 
-__all__ = ["ArtifactStore", "fetch_file", "fetch_folder"]
+__all__ = ["ArtifactStore", "fetch_file", "fetch_folder", "read_chunks"]
 
 
 def _check_key(key: str) -> str:
@@ -93,3 +94,11 @@ def fetch_folder(uri: str, names: list[str], local: Path) -> Path:
     for name in names:
         fetch_file(uri.rstrip("/") + "/" + name, local / name)
     return local
+
+
+def read_chunks(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of the file at `uri`, in chunks (for streaming it to a client)."""
+    fs, path = url_to_fs(uri)
+    with fs.open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            yield chunk
