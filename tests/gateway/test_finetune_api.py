@@ -14,7 +14,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
