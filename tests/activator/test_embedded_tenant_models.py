@@ -14,7 +14,7 @@ from lmaas.store.artifacts import ArtifactStore
 from lmaas.store.models import ServedModel, Tenant
 from tests.activator.conftest import QUESTION, alive, wait_until
 
-FT_MODEL = "ft:tiny-llama:acme:full:1a2b3c4d"
+FT_MODEL = "ft:tiny-llama:acme:full:ftjob-1a2b3c4d5e6f7a8b9c0d1e2f"
 
 
 def test_a_tenants_full_model_gets_its_own_runtime(embedded_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

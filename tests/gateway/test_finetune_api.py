@@ -104,8 +104,8 @@ def test_openai_client_files_and_jobs(api: Api, db: Database) -> None:
         assert row.hyperparameters == {"n_epochs": 2}
         tenant = session.get(Tenant, row.tenant_id)
         assert tenant is not None
-        short = job.id.removeprefix("ftjob-")[:8]
-        assert fine_tuned_model_name(row, tenant.name) == f"ft:{MODEL}:acme:terse:{short}"
+        name = fine_tuned_model_name(row.model, tenant.name, row.suffix, row.id)
+        assert name == f"ft:{MODEL}:acme:terse:{job.id}"
 
     second = client.fine_tuning.jobs.create(
         model=MODEL,
@@ -198,8 +198,8 @@ def test_worker_progress_reads_as_openai_events_and_checkpoints(api: Api, db: Da
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job_id)
     assert [c.step_number for c in checkpoints.data] == [2, 1]
     assert checkpoints.data[0].metrics.train_loss == 2.1
-    assert checkpoints.data[0].fine_tuned_model_checkpoint.endswith(
-        ":s:" + job_id[6:14] + ":ckpt-step-2"
+    assert checkpoints.data[0].fine_tuned_model_checkpoint == (
+        f"ft:{MODEL}:acme:s:{job_id}:ckpt-step-2"
     )
     assert checkpoints.data[0].fine_tuning_job_id == job_id
     page = client.fine_tuning.jobs.checkpoints.list(job_id, after=checkpoints.data[0].id)
@@ -396,7 +396,8 @@ def test_concurrent_job_quota(api: Api, db: Database) -> None:
 def test_results_show_in_models_only_to_their_owner(api: Api, db: Database) -> None:
     owner = api.tenant("acme")
     other = api.tenant("globex")
-    lora_name, full_name = f"ft:{MODEL}:acme:cats:1a2b3c4d", f"ft:{MODEL}:acme:full:5e6f7a8b"
+    lora_name = f"ft:{MODEL}:acme:cats:ftjob-1a2b3c4d5e6f7a8b9c0d1e2f"
+    full_name = f"ft:{MODEL}:acme:full:ftjob-5e6f7a8b9c0d1e2f3a4b5c6d"
     with db.session() as session:  # what the worker registers on success
         tenant = session.query(Tenant).filter_by(name="acme").one()
         session.add(

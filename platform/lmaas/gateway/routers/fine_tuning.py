@@ -214,7 +214,7 @@ def _create(repo: TenantRepository, body: JobCreate) -> FineTuneJob:
         suffix=body.suffix,
         status="queued",
     )
-    if len(fine_tuned_model_name(job, repo.tenant.name)) > MAX_MODEL_NAME:
+    if len(fine_tuned_model_name(job.model, repo.tenant.name, job.suffix, job.id)) > MAX_MODEL_NAME:
         raise InvalidRequest(
             f"the result's name would be longer than {MAX_MODEL_NAME} characters: use a "
             "shorter suffix",
@@ -374,7 +374,9 @@ def list_checkpoints(
         CheckpointPublic(
             id=row.id,
             created_at=int(row.created_at.timestamp()),
-            fine_tuned_model_checkpoint=checkpoint_model_name(job, repo.tenant.name, row.step),
+            fine_tuned_model_checkpoint=checkpoint_model_name(
+                job.model, repo.tenant.name, job.suffix, job.id, row.step
+            ),
             fine_tuning_job_id=job.id,
             metrics={"step": row.step, **(row.metrics or {})},
             step_number=row.step,
