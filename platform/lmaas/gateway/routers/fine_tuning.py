@@ -56,6 +56,7 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 METHODS = ("lora", "qft")
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 _EVENT_PREFIX = "ftevent-"
+_LOSSES = {"train_loss", "loss", "val_loss", "valid_loss"}  # a progress event has one
 
 
 class JobQuotaExceeded(ApiError):
@@ -325,7 +326,7 @@ def _event_public(row: JobEvent) -> EventPublic:
         level=level if level in ("info", "warn", "error") else "info",  # type: ignore[arg-type]
         message=row.message,
         data=data,
-        type="metrics" if data and "step" in data else "message",
+        type="metrics" if data and "step" in data and _LOSSES & data.keys() else "message",
     )
 
 

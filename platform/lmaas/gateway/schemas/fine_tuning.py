@@ -80,7 +80,7 @@ class JobList(BaseModel):
 
 
 class EventPublic(BaseModel):
-    """OpenAI's FineTuningJobEvent: `type` is ``metrics`` when `data` carries a step."""
+    """OpenAI's FineTuningJobEvent: `type` is ``metrics`` when `data` has a step and a loss."""
 
     id: str
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
