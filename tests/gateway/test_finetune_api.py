@@ -435,3 +435,35 @@ def test_results_show_in_models_only_to_their_owner(api: Api, db: Database) -> N
 def test_unauthenticated_requests_are_refused(api: Api) -> None:
     for method, path in (("GET", "/v1/files"), ("POST", "/v1/fine_tuning/jobs")):
         assert api.client.request(method, path).status_code == 401
+
+
+def test_the_quota_holds_under_concurrent_creations(
+    tmp_path: Path, database_url: str, runtime_url: str
+) -> None:
+    """Simultaneous creations over real HTTP: exactly `max_concurrent_jobs` of them win."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from lmaas.gateway import create_app
+    from tests.conftest import free_port
+    from tests.helpers.servers import serve_in_thread
+
+    settings = gateway_settings(tmp_path, database_url, runtime_url)
+    with (
+        serve_in_thread(create_app(settings), free_port()) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
+        api = Api(http, settings)  # type: ignore[arg-type]
+        headers = api.tenant("acme", max_concurrent_jobs=2)
+        file_id = upload(api, headers, GOOD).json()["id"]
+
+        def create(_: int) -> int:
+            body = {"model": MODEL, "training_file": file_id}
+            with httpx.Client(base_url=url, timeout=60) as own:
+                return own.post("/v1/fine_tuning/jobs", headers=headers, json=body).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = sorted(pool.map(create, range(6)))
+        assert codes == [200, 200, 429, 429, 429, 429]
+        assert len(http.get("/v1/fine_tuning/jobs", headers=headers).json()["data"]) == 2

@@ -222,9 +222,14 @@ def _create(repo: TenantRepository, body: JobCreate) -> FineTuneJob:
             code="invalid_suffix",
             param="suffix",
         )
-    # One job creation of a tenant at a time (PostgreSQL: the row lock), so two requests
-    # cannot both take the last free slot of the quota.
-    repo.session.execute(select(Tenant.id).where(Tenant.id == repo.tenant.id).with_for_update())
+    # One job creation of a tenant at a time, so two requests cannot both take the last free
+    # slot of the quota: a no-op write of the tenant's row takes its row lock (PostgreSQL) or
+    # the write lock (SQLite) before the jobs are counted, until the commit.
+    repo.session.execute(
+        update(Tenant)
+        .where(Tenant.id == repo.tenant.id)
+        .values(max_concurrent_jobs=Tenant.max_concurrent_jobs)
+    )
     quota = repo.tenant.max_concurrent_jobs
     if _active_jobs(repo) >= quota:
         raise JobQuotaExceeded(
