@@ -56,3 +56,23 @@ def test_a_tenants_full_model_gets_its_own_runtime(embedded_gateway, tmp_path: P
             model=FT_MODEL, messages=QUESTION, max_tokens=4, temperature=0
         )
         assert again.choices[0].message.content == answer.choices[0].message.content
+
+
+def test_a_model_in_a_remote_store_is_copied_once(tmp_path: Path) -> None:
+    import fsspec
+
+    from lmaas.gateway.activator.embedded import local_model_folder
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/models/m1/config.json": b"{}", "/models/m1/model.safetensors": b"weights"})
+    try:
+        folder = local_model_folder("memory://models/m1", tmp_path / "cache")
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+        assert (folder / "model.safetensors").read_bytes() == b"weights"
+        fs.pipe({"/models/m1/model.safetensors": b"changed"})
+        assert local_model_folder("memory://models/m1", tmp_path / "cache") == folder
+        assert (folder / "model.safetensors").read_bytes() == b"weights", "copied once"
+        local = tmp_path / "local"
+        assert local_model_folder(local.as_uri(), tmp_path / "cache") == local
+    finally:
+        fs.rm("/models", recursive=True)
