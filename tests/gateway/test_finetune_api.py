@@ -88,7 +88,7 @@ def test_openai_client_files_and_jobs(api: Api, db: Database) -> None:
         model=MODEL,
         training_file=uploaded.id,
         suffix="terse",
-        hyperparameters={"n_epochs": 2},
+        hyperparameters={"n_epochs": "2", "qft_export": "lora"},
         extra_body={"method": "qft"},
     )
     assert job.object == "fine_tuning.job" and job.status == "queued"
@@ -101,7 +101,7 @@ def test_openai_client_files_and_jobs(api: Api, db: Database) -> None:
         row = session.get(FineTuneJob, job.id)
         assert row is not None
         assert (row.method, row.status, row.suffix) == ("qft", "queued", "terse")
-        assert row.hyperparameters == {"n_epochs": 2}
+        assert row.hyperparameters == {"n_epochs": 2, "qft_export": "lora"}
         tenant = session.get(Tenant, row.tenant_id)
         assert tenant is not None
         name = fine_tuned_model_name(row.model, tenant.name, row.suffix, row.id)

@@ -157,12 +157,13 @@ def _method_and_hyperparameters(body: JobCreate) -> tuple[str, dict[str, Any]]:
     if body.seed is not None:
         hp["seed"] = body.seed
     try:
-        parse_hyperparameters(hp, method)
+        parsed = parse_hyperparameters(hp, method)
     except HyperparameterError as exc:
         raise InvalidRequest(
             str(exc), code="invalid_hyperparameters", param="hyperparameters"
         ) from None
-    return method, hp
+    # What the request set, as checked values (the worker parses them again; "auto" stays).
+    return method, parsed.model_dump(mode="json", exclude_unset=True, exclude={"method"})
 
 
 def _check_model(repo: TenantRepository, model: str) -> None:
