@@ -119,6 +119,10 @@ def test_openai_client_files_and_jobs(api: Api, db: Database) -> None:
     assert second.hyperparameters.batch_size == 2 and second.validation_file == uploaded.id
     assert take_queued_tasks(api.settings) == [(FINETUNE_RUN_JOB, [second.id])]
 
+    metrics = api.client.get("/metrics").text
+    assert 'lmaas_gateway_finetune_jobs_total{method="qft"} 1.0' in metrics
+    assert 'lmaas_gateway_finetune_jobs_total{method="lora"} 1.0' in metrics
+
     assert [j.id for j in client.fine_tuning.jobs.list()] == [second.id, job.id]
     page = client.fine_tuning.jobs.list(limit=1)
     assert [j.id for j in page.data] == [second.id] and page.has_more

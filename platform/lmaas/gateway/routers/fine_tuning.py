@@ -264,6 +264,7 @@ async def create_job(body: JobCreate, repo: TenantRepo, state: StateDep) -> JobP
         why = "The job could not be queued (the task broker is unavailable); create it again."
         await run_in_threadpool(_fail_unqueued, repo, job, why)
         raise ServiceUnavailable(why, code="queue_unavailable") from exc
+    state.metrics.finetune_jobs.labels(job.method).inc()
     log.info("tenant %s created %s job %s on %s", repo.tenant.name, job.method, job.id, job.model)
     return job_public(job, repo.tenant)
 
