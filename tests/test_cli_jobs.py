@@ -116,16 +116,26 @@ def test_create_list_follow_cancel(gateway: dict, tmp_path: Path) -> None:  # ty
 def test_follow_a_failing_job_and_errors(gateway: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
     data = tmp_path / "data.jsonl"
     data.write_bytes(DATA)
-    out = run("create", "--file", str(data), "--model", MODEL)
-    job_id = next(w for w in out.split() if w.startswith("ftjob-"))
-    worker = threading.Thread(
-        target=_play_worker,
-        args=(gateway["settings"].resolved_database_url, job_id, "failed"),
-    )
+    db_url = gateway["settings"].resolved_database_url
+
+    def fail_the_next_job() -> None:
+        db = Database(db_url, run_migrations=False)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with db.session() as session:
+                job = session.query(FineTuneJob).one_or_none()
+            if job is not None:
+                break
+            time.sleep(0.05)
+        db.dispose()
+        assert job is not None
+        _play_worker(db_url, job.id, "failed")
+
+    worker = threading.Thread(target=fail_the_next_job)
     worker.start()
-    out = run("follow", job_id, "--interval", "0.1", code=1)
+    out = run("create", "--file", str(data), "--model", MODEL, "--follow", code=1)
     worker.join()
-    assert "failed: out of memory" in out
+    assert "created lora job" in out and "failed: out of memory" in out
     assert "No fine-tuning job" in run("follow", "ftjob-nope", code=1)
     assert "401" in CliRunner().invoke(app, ["jobs", "list", "--api-key", "sk-lmaas-x"]).output
     out = CliRunner().invoke(app, ["jobs", "list", "--url", "http://127.0.0.1:9"]).output

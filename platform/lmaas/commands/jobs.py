@@ -146,7 +146,7 @@ def _create(
     job = gateway.call("POST", "/v1/fine_tuning/jobs", json=body)
     console.print(f"created {method} job [bold]{job['id']}[/] on {model} ({job['status']})")
     if follow_job:
-        _follow(gateway, job["id"], interval=1.0)
+        _follow_to_end(gateway, job["id"], interval=1.0)
     else:
         console.print(f"follow it: [bold]lmaas jobs follow {job['id']}[/]")
 
@@ -226,7 +226,12 @@ def follow(
 ) -> None:
     """Show a job's progress (step of total, loss) until it succeeds, fails or is cancelled."""
     with Gateway(url, api_key) as gateway:
-        job = _follow(gateway, job_id, interval=interval)
+        _follow_to_end(gateway, job_id, interval=interval)
+
+
+def _follow_to_end(gateway: Gateway, job_id: str, *, interval: float) -> None:
+    """Follow the job; then say how to use its result, or fail with why it ended."""
+    job = _follow(gateway, job_id, interval=interval)
     if job["status"] == "succeeded":
         console.print(
             f"[green]succeeded[/]: chat with model [bold]{job['fine_tuned_model']}[/] "
