@@ -130,6 +130,8 @@ def _method_and_hyperparameters(body: JobCreate) -> tuple[str, dict[str, Any]]:
     nested: dict[str, Any] = {}
     if isinstance(method, dict):
         kind = method.get("type", "supervised")
+        if not isinstance(kind, str):
+            raise InvalidRequest("method.type must be a string", param="method")
         section = method.get(kind) or {}
         if not isinstance(section, dict) or not isinstance(
             nested := section.get("hyperparameters") or {}, dict
