@@ -288,7 +288,7 @@ def test_wrong_purpose_and_oversize(tmp_path: Path, database_url: str, runtime_u
         ({"method": "dpo"}, 400, "method", "'lora'"),
         ({"method": {"type": "reinforcement"}}, 400, "method", "not supported"),
         ({"method": {"type": ["lora"]}}, 400, "method", "must be a string"),
-        ({"method": {"type": "qft", "qft": []}}, 400, "method", "must be an object"),
+        ({"method": {"type": "qft", "qft": "fast"}}, 400, "method", "must be an object"),
         ({"hyperparameters": {"n_epochs": 0}}, 400, "hyperparameters", "n_epochs"),
         ({"hyperparameters": {"lora_rank": 9999}}, 400, "hyperparameters", "lora_rank"),
         ({"hyperparameters": {"epochs": 3}}, 400, "hyperparameters", "epochs"),
