@@ -473,3 +473,44 @@ def test_the_quota_holds_under_concurrent_creations(
             codes = sorted(pool.map(create, range(6)))
         assert codes == [200, 200, 429, 429, 429, 429]
         assert len(http.get("/v1/fine_tuning/jobs", headers=headers).json()["data"]) == 2
+
+
+def test_deleting_fine_tuned_models(api: Api, db: Database, tmp_path: Path) -> None:
+    """OpenAI's `client.models.delete`: the owner deletes its results (rows and files);
+    another tenant gets the 404 of a missing model; a shared base model is not deletable."""
+    from lmaas.store.artifacts import ArtifactStore
+
+    owner, other = api.tenant("acme"), api.tenant("globex")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    store = ArtifactStore(api.settings.resolved_artifact_url)
+    lora_name = f"ft:{MODEL}:acme::ftjob-1a2b3c4d5e6f7a8b9c0d1e2f"
+    full_name = f"ft:{MODEL}:acme::ftjob-5e6f7a8b9c0d1e2f3a4b5c6d"
+    with db.session() as session:
+        tenant = session.query(Tenant).filter_by(name="acme").one()
+        adapter = Adapter(
+            id="adp-1", tenant_id=tenant.id, name=lora_name, base_model=MODEL, rank=4, uri=""
+        )
+        adapter.uri = store.put_folder(folder, f"tenants/{tenant.id}/adapters/adp-1")
+        session.add(adapter)
+        uri = store.put_folder(folder, f"tenants/{tenant.id}/models/ftjob-5e6f")
+        session.add(ServedModel(id=full_name, tenant_id=tenant.id, parent=MODEL, uri=uri))
+    assert len(stored_files(api)) == 2
+
+    for name in (lora_name, full_name):
+        theirs = api.client.delete(f"/v1/models/{name}", headers=other)
+        absent = api.client.delete(f"/v1/models/{name}x", headers=other)
+        assert theirs.status_code == absent.status_code == 404
+        assert theirs.text.replace(name, "N") == absent.text.replace(name + "x", "N")
+    base = api.client.delete(f"/v1/models/{MODEL}", headers=owner)
+    assert base.status_code == 403 and base.json()["error"]["code"] == "model_not_deletable"
+
+    client = openai_client(api, owner)
+    for name in (full_name, lora_name):
+        deleted = client.models.delete(name)
+        assert (deleted.id, deleted.deleted) == (name, True)
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert stored_files(api) == []
+    with pytest.raises(openai.NotFoundError):
+        client.models.delete(full_name)

@@ -48,6 +48,16 @@ class ArtifactStore:
         """The full URI of `key`, readable by `fetch_file`/`fetch_folder` anywhere."""
         return self.fs.unstrip_protocol(self.path(key))
 
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI this store gave out (`uri`), or None if it is not under its root."""
+        root = self.fs.unstrip_protocol(self.root).rstrip("/") + "/"
+        if not uri.startswith(root):
+            return None
+        try:
+            return _check_key(uri[len(root) :].rstrip("/"))
+        except ValueError:
+            return None
+
     def put_folder(self, local: Path, key: str) -> str:
         """Copy the files of the local folder `local` (not recursive) to `key`; returns its URI."""
         target = self.path(key)
