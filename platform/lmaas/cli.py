@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from lmaas.commands import serve, tenants
+from lmaas.commands import jobs, serve, tenants
 from lmaas.placement.cli import register as register_placement
 
 __all__ = ["app", "main"]
@@ -35,6 +35,9 @@ app.command("worker")(serve.worker)
 # Administration (works on the database directly; no running gateway needed).
 app.add_typer(tenants.tenant_app, name="tenant")
 app.add_typer(tenants.key_app, name="key")
+
+# Tenants' fine-tuning, over the gateway's HTTP API.
+app.add_typer(jobs.jobs_app, name="jobs")
 
 # GPU planning: lmaas plan, lmaas profile.
 register_placement(app)

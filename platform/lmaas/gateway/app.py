@@ -16,7 +16,16 @@ from lmaas import __version__
 from lmaas.config import Settings, get_settings
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.observability import GatewayMetrics, ObservabilityMiddleware
-from lmaas.gateway.routers import adapters, admin, completions, models, ops, usage
+from lmaas.gateway.routers import (
+    adapters,
+    admin,
+    completions,
+    files,
+    fine_tuning,
+    models,
+    ops,
+    usage,
+)
 from lmaas.gateway.routing import ReplicaSource
 from lmaas.gateway.state import build_state
 
@@ -59,6 +68,6 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
-    for module in (ops, admin, models, completions, adapters, usage):
+    for module in (ops, admin, models, completions, adapters, files, fine_tuning, usage):
         app.include_router(module.router)
     return app

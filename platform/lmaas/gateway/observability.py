@@ -72,6 +72,12 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.finetune_jobs = Counter(
+            "lmaas_gateway_finetune_jobs",
+            "fine-tuning jobs created (queued), by method (lora, qft)",
+            ["method"],
+            registry=self.registry,
+        )
         self.tokens = Counter(
             "lmaas_gateway_tokens",
             "tokens served, by base model and kind (prompt, completion)",

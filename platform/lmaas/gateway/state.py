@@ -104,7 +104,7 @@ async def build_state(
         from lmaas.gateway.activator import build_activator
 
         source = await build_activator(
-            settings, client, metrics.registry, adapter_requests=adapter_requests
+            settings, client, metrics.registry, adapter_requests=adapter_requests, db=db
         )
     limiter: RateLimiter = (
         RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix)

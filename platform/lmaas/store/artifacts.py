@@ -12,11 +12,12 @@ from __future__ import annotations
 import posixpath
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from fsspec.core import url_to_fs
 
-__all__ = ["ArtifactStore", "fetch_file", "fetch_folder"]
+__all__ = ["ArtifactStore", "fetch_file", "fetch_folder", "read_chunks"]
 
 
 def _check_key(key: str) -> str:
@@ -46,6 +47,16 @@ class ArtifactStore:
     def uri(self, key: str) -> str:
         """The full URI of `key`, readable by `fetch_file`/`fetch_folder` anywhere."""
         return self.fs.unstrip_protocol(self.path(key))
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI this store gave out (`uri`), or None if it is not under its root."""
+        root = self.fs.unstrip_protocol(self.root).rstrip("/") + "/"
+        if not uri.startswith(root):
+            return None
+        try:
+            return _check_key(uri[len(root) :].rstrip("/"))
+        except ValueError:
+            return None
 
     def put_folder(self, local: Path, key: str) -> str:
         """Copy the files of the local folder `local` (not recursive) to `key`; returns its URI."""
@@ -93,3 +104,11 @@ def fetch_folder(uri: str, names: list[str], local: Path) -> Path:
     for name in names:
         fetch_file(uri.rstrip("/") + "/" + name, local / name)
     return local
+
+
+def read_chunks(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of the file at `uri`, in chunks (for streaming it to a client)."""
+    fs, path = url_to_fs(uri)
+    with fs.open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            yield chunk

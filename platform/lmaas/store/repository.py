@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,35 @@ class TenantRepository:
         if order_by is not None:
             stmt = stmt.order_by(order_by)
         return list(self.session.execute(stmt).scalars())
+
+    def page_owned(
+        self,
+        model: type[T],
+        *,
+        after: str | None,
+        limit: int,
+        newest_first: bool = True,
+        where: tuple[ColumnElement[bool], ...] = (),
+    ) -> tuple[list[T], bool]:
+        """One cursor page of the tenant's `model` rows (by `created_at`, then `id`): the rows
+        after the row whose id is `after`, at most `limit`, and whether more follow.
+
+        Raises `LookupError` when `after` is not one of the tenant's rows.
+        """
+        created, ident = model.created_at, model.id  # type: ignore[attr-defined]
+        stmt = self.scoped(model).where(*where)
+        if after is not None:
+            cursor = self.get_owned(model, after)
+            if cursor is None:
+                raise LookupError(after)
+            at = cursor.created_at  # type: ignore[attr-defined]
+            if newest_first:
+                stmt = stmt.where(or_(created < at, and_(created == at, ident < after)))
+            else:
+                stmt = stmt.where(or_(created > at, and_(created == at, ident > after)))
+        order = (created.desc(), ident.desc()) if newest_first else (created, ident)
+        rows = list(self.session.execute(stmt.order_by(*order).limit(limit + 1)).scalars())
+        return rows[:limit], len(rows) > limit
 
     def add(self, row: T) -> T:
         """Add a new row owned by this tenant (its `tenant_id` is set here)."""

@@ -19,6 +19,7 @@ from lmaas.gateway.activator.activity import ActivityLedger, LocalActivity, Redi
 from lmaas.gateway.activator.backend import BackendError, ScaleBackend, ServiceInfo
 from lmaas.gateway.activator.metrics import ActivatorMetrics
 from lmaas.gateway.runtime_client import RuntimeClient
+from lmaas.store import Database
 
 __all__ = [
     "ActivationFailed",
@@ -37,18 +38,22 @@ async def build_activator(
     registry: CollectorRegistry,
     *,
     adapter_requests: Counter[str] | None = None,
+    db: Database | None = None,
 ) -> Activator:
     """The started activator of ``settings.scale_backend`` (`embedded` or `kubernetes`).
 
     `adapter_requests` are the router's requests per adapter (Kubernetes: reported to the
-    Adapters as their request rates)."""
+    Adapters as their request rates); `db` lets the embedded backend serve tenants' own
+    models (their `ServedModel` rows)."""
     backend: ScaleBackend
     prewarm: list[str] = []
     poll_s = 0.25  # a local process: poll its /readyz often
     if settings.scale_backend == "embedded":
-        from lmaas.gateway.activator.embedded import EmbeddedBackend
+        from lmaas.gateway.activator.embedded import EmbeddedBackend, stored_model_finder
 
-        backend = EmbeddedBackend.from_settings(settings)
+        backend = EmbeddedBackend.from_settings(
+            settings, find_model=None if db is None else stored_model_finder(db)
+        )
         if settings.runtime_prewarm:
             prewarm.append(settings.model_name)
     elif settings.scale_backend == "kubernetes":

@@ -1,29 +1,42 @@
 """The embedded `ScaleBackend` (`lmaas up`): runtime processes on this machine, on demand.
 
-One service: the configured base model (``LMAAS_MODEL_NAME``). Scaling it up starts
-``lmaas runtime`` on a free local port with the gateway's own settings; scaling it to zero
-stops it (SIGTERM, then SIGKILL after the grace period). Its output goes to
-``$LMAAS_HOME/logs/runtime.log`` unless the gateway writes to a terminal, where it
-shares the gateway's output.
+Services: the configured base model (``LMAAS_MODEL_NAME``), shared by every tenant, and
+each tenant's own full fine-tunes (tenant-owned `ServedModel` rows, e.g. QFT results),
+served to their owner only. Scaling a service up starts ``lmaas runtime`` on a free local
+port with the gateway's own settings — for a tenant's model, with ``LMAAS_BASE_MODEL`` set to
+its stored folder (copied into ``$LMAAS_HOME/models`` first when the artifact store is not
+local) and ``LMAAS_MODEL_NAME`` to its name; scaling it to zero stops its processes
+(SIGTERM, then SIGKILL after the grace period). Each service scales to zero on its own
+after ``LMAAS_IDLE_TIMEOUT_S``. Output goes to ``$LMAAS_HOME/logs/runtime.log`` unless the
+gateway writes to a terminal, where it shares the gateway's output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import shutil
 import socket
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from fsspec.core import url_to_fs
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from lmaas.config import Settings
 from lmaas.gateway.activator.backend import BackendError, ServiceInfo
 from lmaas.gateway.activator.runtime_process import RuntimeProcess, reap_orphans
 from lmaas.gateway.routing import TenantRef
+from lmaas.store import Database, ServedModel
 
-__all__ = ["EmbeddedBackend", "runtime_env"]
+__all__ = ["EmbeddedBackend", "ModelFinder", "runtime_env", "stored_model_finder"]
+
+ModelFinder = Callable[[str, TenantRef], Awaitable[str | None]]
+"""``(model, tenant)`` → the URI of the tenant's own model of that name, or None."""
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +66,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def stored_model_finder(db: Database) -> ModelFinder:
+    """Finds a tenant's own models in the database (`ServedModel` rows with its tenant_id)."""
+
+    def find(model: str, tenant_id: str) -> str | None:
+        with db.session() as session:
+            return session.execute(
+                select(ServedModel.uri).where(
+                    ServedModel.id == model, ServedModel.tenant_id == tenant_id
+                )
+            ).scalar_one_or_none()
+
+    async def finder(model: str, tenant: TenantRef) -> str | None:
+        return await asyncio.to_thread(find, model, tenant.id)
+
+    return finder
+
+
+def local_model_folder(uri: str, cache_dir: Path) -> Path:
+    """A local folder holding the model stored at `uri` (copied once if it is remote)."""
+    fs, path = url_to_fs(uri)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols:
+        return Path(path)
+    target = cache_dir / "stored" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        for remote in fs.ls(path, detail=False):
+            fs.get_file(remote, str(tmp / remote.rstrip("/").rsplit("/", 1)[-1]))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 class EmbeddedBackend:
-    """Runtime processes of the configured model, started and stopped by the gateway."""
+    """Runtime processes of the configured model and of tenants' own models, started and
+    stopped by the gateway (one set of processes per service)."""
 
     def __init__(
         self,
@@ -63,28 +117,36 @@ class EmbeddedBackend:
         grace_s: float = 30.0,
         log_path: Path | None = None,
         replicas: int = 1,
+        find_model: ModelFinder | None = None,
     ) -> None:
         self.settings = settings
         self.run_dir = settings.home / "run"
         self.grace_s = grace_s
         self.replicas = replicas
         self.log_path = log_path
-        self._processes: list[RuntimeProcess] = []
+        self.find_model = find_model
+        self._processes: dict[str, list[RuntimeProcess]] = {}
+        self._model_uris: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EmbeddedBackend:
+    def from_settings(
+        cls, settings: Settings, *, find_model: ModelFinder | None = None
+    ) -> EmbeddedBackend:
         to_terminal = os.isatty(1)
         log_path = None if to_terminal else settings.home / "logs" / "runtime.log"
-        return cls(settings, log_path=log_path)
+        return cls(settings, log_path=log_path, find_model=find_model)
 
-    def _alive(self) -> list[RuntimeProcess]:
-        self._processes = [p for p in self._processes if p.process.returncode is None]
-        return [p for p in self._processes if p.alive]
+    def _alive(self, key: str | None = None) -> list[RuntimeProcess]:
+        """The live processes of service `key` (None: of every service)."""
+        for k, processes in self._processes.items():
+            self._processes[k] = [p for p in processes if p.process.returncode is None]
+        keys = list(self._processes) if key is None else [key]
+        return [p for k in keys for p in self._processes.get(k, []) if p.alive]
 
     @property
     def processes(self) -> list[RuntimeProcess]:
-        """The runtime processes running now."""
+        """The runtime processes running now (every service)."""
         return self._alive()
 
     async def start(self) -> None:
@@ -93,43 +155,69 @@ class EmbeddedBackend:
             log.warning("stopped %d runtime(s) a previous gateway left running", len(stopped))
 
     async def lookup(self, model: str, tenant: TenantRef | None = None) -> ServiceInfo | None:
-        # One service, shared by every tenant of this machine.
-        if model != self.settings.model_name:
-            return None
         idle = self.settings.idle_timeout_s
-        return ServiceInfo(key=model, model=model, scale_to_zero=idle > 0, idle_timeout_s=idle)
+        if model == self.settings.model_name:  # shared by every tenant of this machine
+            return ServiceInfo(key=model, model=model, scale_to_zero=idle > 0, idle_timeout_s=idle)
+        if tenant is None or self.find_model is None:
+            return None
+        try:
+            uri = await self.find_model(model, tenant)
+        except Exception as exc:
+            raise BackendError(f"cannot look up the model {model!r}: {exc}") from exc
+        if uri is None:
+            return None
+        self._model_uris[model] = uri
+        return ServiceInfo(
+            key=model,
+            model=model,
+            scale_to_zero=idle > 0,
+            idle_timeout_s=idle,
+            tenant=tenant.name,
+        )
 
     async def current_replicas(self, service: ServiceInfo) -> int:
-        return len(self._alive())
+        return len(self._alive(service.key))
+
+    async def _env(self, service: ServiceInfo, port: int) -> dict[str, str]:
+        env = runtime_env(self.settings, port)
+        if service.key == self.settings.model_name:
+            return env
+        uri = self._model_uris.get(service.key)
+        if uri is None:
+            raise BackendError(f"no stored model known for {service.key!r}")
+        try:
+            folder = await asyncio.to_thread(local_model_folder, uri, self.settings.model_cache_dir)
+        except OSError as exc:
+            raise BackendError(f"cannot fetch the model {service.key!r}: {exc}") from exc
+        env.update(LMAAS_BASE_MODEL=str(folder), LMAAS_MODEL_NAME=service.model)
+        return env
 
     async def scale_up(self, service: ServiceInfo) -> int:
         async with self._lock:
-            while len(self._alive()) < self.replicas:
+            while len(self._alive(service.key)) < self.replicas:
                 port = _free_port()
+                env = await self._env(service, port)
                 try:
                     process = await RuntimeProcess.spawn(
-                        port=port,
-                        env=runtime_env(self.settings, port),
-                        run_dir=self.run_dir,
-                        log_path=self.log_path,
+                        port=port, env=env, run_dir=self.run_dir, log_path=self.log_path
                     )
                 except OSError as exc:
                     raise BackendError(f"could not start a runtime process: {exc}") from exc
-                self._processes.append(process)
+                self._processes.setdefault(service.key, []).append(process)
         return self.replicas
 
     async def follow_plan(self, service: ServiceInfo) -> tuple[int, int]:
-        alive = len(self._alive())  # a fixed size: nothing to follow
+        alive = len(self._alive(service.key))  # a fixed size: nothing to follow
         return alive, alive
 
     async def scale_to_zero(self, service: ServiceInfo) -> None:
-        await self._stop(list(self._processes))
+        await self._stop(list(self._processes.get(service.key, [])))
 
     async def endpoints(self, service: ServiceInfo) -> Sequence[str]:
-        return [p.url for p in self._alive()]
+        return [p.url for p in self._alive(service.key)]
 
     async def discard(self, service: ServiceInfo, url: str) -> None:
-        await self._stop([p for p in self._processes if p.url == url])
+        await self._stop([p for p in self._processes.get(service.key, []) if p.url == url])
 
     def placed_adapters(self, url: str) -> set[str]:
         return set()  # adapters load on demand; nothing places them
@@ -137,7 +225,8 @@ class EmbeddedBackend:
     async def _stop(self, processes: list[RuntimeProcess]) -> None:
         async with self._lock:
             await asyncio.gather(*(p.stop(self.grace_s) for p in processes))
-            self._processes = [p for p in self._processes if p not in processes]
+            for key, running in self._processes.items():
+                self._processes[key] = [p for p in running if p not in processes]
 
     async def aclose(self) -> None:
-        await self._stop(list(self._processes))
+        await self._stop([p for running in self._processes.values() for p in running])

@@ -28,7 +28,7 @@ from lmaas.store.models import Adapter, new_id
 from lmaas.store.repository import TenantRepository
 from lmaas.tasks import VERIFY_ADAPTER
 
-__all__ = ["router"]
+__all__ = ["router", "unload_everywhere"]
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,11 @@ async def delete_adapter(name: str, repo: TenantRepo, state: StateDep) -> Delete
         return adapter
 
     adapter = await run_in_threadpool(delete)
-    await _unload_everywhere(state, adapter.id)
+    await unload_everywhere(state, adapter.id)
     return Deleted(id=name, object="adapter")
 
 
-async def _unload_everywhere(state: GatewayState, adapter_id: str) -> None:
+async def unload_everywhere(state: GatewayState, adapter_id: str) -> None:
     """Ask every known replica to drop the adapter (best effort: they also evict on their own)."""
     replicas = [r for r in state.router.source.known_replicas() if r.ready]
     results = await asyncio.gather(
