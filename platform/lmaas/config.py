@@ -166,6 +166,41 @@ class Settings(BaseSettings):
     default_max_concurrent_jobs: int = Field(
         default=2, description="Quota of a new tenant: fine-tune jobs queued or running at once."
     )
+    job_lease_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A running fine-tune job whose worker sent no heartbeat for this long is "
+        "taken as lost: it is requeued and resumes from its last checkpoint on another worker.",
+    )
+    job_heartbeat_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a worker renews the lease of the fine-tune job it runs (keep it "
+        "well under `LMAAS_JOB_LEASE_TIMEOUT_S`).",
+    )
+    job_sweep_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often each worker looks for fine-tune jobs that lost their worker or "
+        "their message and sends them again; 0 = never.",
+    )
+    job_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Times a fine-tune job is started before it fails as interrupted (a job "
+        "that kills its worker, e.g. out of memory, is not retried forever).",
+    )
+    job_event_every: int = Field(
+        default=10,
+        ge=1,
+        description="Steps between the progress events (step, loss) of a fine-tune job.",
+    )
+    broker_visibility_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Redis broker: a task message not acknowledged this long after delivery "
+        "(its worker died) is delivered again; keep it above `LMAAS_JOB_LEASE_TIMEOUT_S`.",
+    )
     request_timeout_s: float = Field(
         default=600.0, description="Longest time the gateway waits on a runtime for one request."
     )

@@ -7,7 +7,8 @@ Broker: `Settings.resolved_broker_url` — kombu's SQLAlchemy transport on a SQL
 ``LMAAS_HOME`` in embedded mode (no server), ``redis://…`` in production. Every task is
 acknowledged after it ran (`acks_late`) and requeued if its worker process dies
 (`reject_on_worker_lost`); a worker takes one message at a time (prefetch 1), so a long
-fine-tune never holds other messages hostage.
+fine-tune never holds other messages hostage. Over Redis, a message whose worker died is
+delivered again after `Settings.broker_visibility_timeout_s`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ def create_celery(settings: Settings, *, include: Sequence[str] = ()) -> Celery:
         settings.home.mkdir(parents=True, exist_ok=True)
         # Passed to sqlalchemy.create_engine: wait for SQLite's lock instead of failing.
         transport_options = {"connect_args": {"timeout": 30}}
+    elif broker.startswith(("redis", "rediss")):
+        # An unacknowledged message (its worker died mid-task) is delivered again once the
+        # visibility timeout has passed; kombu looks for such messages every
+        # interval × throttle seconds (100 s by default), so look every tenth of the timeout
+        # (1-10 s). The key prefix keeps deployments sharing one Redis apart (also their
+        # "unacked" sets, which each worker sweeps with its own timeout).
+        visibility = settings.broker_visibility_timeout_s
+        transport_options = {
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": min(10.0, max(1.0, visibility / 10)),
+            "unacked_restore_throttle": 1,
+            "global_keyprefix": f"{settings.redis_prefix}:",
+        }
     app = Celery("lmaas", broker=broker, include=list(include), set_as_current=False)
     app.conf.update(
         task_default_queue=settings.task_queue,

@@ -3,7 +3,8 @@
 The base model is loaded in fp32 once, converted layer by layer (`qft.quantize_model`),
 and trained by `QFTLion`, whose updates happen inside backward. The result is a full model
 folder (registered as a new base model) or, with ``qft_export: lora``, a LoRA adapter
-extracted from the weight delta.
+extracted from the weight delta, with the full model beside it in ``full_model/`` (a job
+registers both: the model and the smaller adapter).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from lmaas.finetune.qft.convert import quantize_model
 from lmaas.finetune.qft.export import export_full_model, export_lora_adapter
 from lmaas.finetune.qft.lion import QFTLion
 
-__all__ = ["FUSE_MIN_PARAMETERS", "QFTMethod"]
+__all__ = ["FUSE_MIN_PARAMETERS", "QFT_FULL_SUBFOLDER", "QFTMethod"]
 
 FUSE_MIN_PARAMETERS = 10_000_000
+QFT_FULL_SUBFOLDER = "full_model"
 
 
 class QFTMethod(TrainingMethod):
@@ -101,7 +103,8 @@ class QFTMethod(TrainingMethod):
                 outlier_fraction=hp.qft_outlier_fraction,
                 block_size=hp.qft_block_size,
             )
-            return ExportResult("lora_adapter", out_dir, details)
+            full = export_full_model(self.qft, self.base_dir, out_dir / QFT_FULL_SUBFOLDER)
+            return ExportResult("lora_adapter", out_dir, {**details, QFT_FULL_SUBFOLDER: full})
         details = export_full_model(self.qft, self.base_dir, out_dir)
         return ExportResult("full_model", out_dir, details)
 

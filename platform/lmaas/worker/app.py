@@ -15,6 +15,7 @@ from celery import Celery
 
 from lmaas.config import Settings
 from lmaas.store import Database
+from lmaas.store.artifacts import ArtifactStore
 from lmaas.tasks import create_celery
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
 
 WORKER_TASK_MODULES: list[str] = [
     "lmaas.worker.adapter_tasks",
-    # The fine-tune part adds its module here (it defines lmaas.tasks.FINETUNE_RUN_JOB).
+    "lmaas.worker.finetune_tasks",
 ]
 
 
@@ -41,6 +42,10 @@ class WorkerContext:
     def db(self) -> Database:
         # The gateway owns migrations; a worker never races it for the schema.
         return Database(self.settings.resolved_database_url, run_migrations=False)
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.resolved_artifact_url)
 
 
 def create_worker_app(settings: Settings) -> Celery:
