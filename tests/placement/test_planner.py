@@ -380,3 +380,30 @@ def test_a_type_with_neither_profile_nor_figures_is_named_in_the_error() -> None
     mystery = GPUType(name="mystery", price_per_hour=1.0, memory_gib=80)
     with pytest.raises(PlacementInfeasible, match="mystery: no profile for it and no hardware"):
         plan_service(model=LLAMA, workload=Workload.short_chat(1), slo=SLO_120, gpu_types=[mystery])
+
+
+def test_a_bucket_with_a_vanishing_share_costs_nothing() -> None:
+    """Found by the property test above: a share of 1e-38 made the solver pick a $2 type
+    where a $1 type carries the whole load alone."""
+    buckets = [
+        Bucket(input_tokens=(10 * i, 10 * i + 10), output_tokens=(0, 10), share=share)
+        for i, share in enumerate([0.0, 1.1754943508222875e-38, 1.0])
+    ]
+    types = [
+        GPUType(name=name, price_per_hour=price, memory_gib=80)
+        for name, price in [("g0", 2.0), ("g1", 1.0), ("g2", 1.0)]
+    ]
+    profiles = ProfileSet()
+    for name, tputs in {"g0": (1, 1, 4), "g1": (1, 1, 1), "g2": (1, 1, 2)}.items():
+        for bucket, t in zip(buckets, tputs, strict=True):
+            profiles.set(name, bucket, float(t), "imported")
+    plan = plan_service(
+        model=None,
+        workload=Workload(rate=2.0, buckets=buckets),
+        slo=None,
+        gpu_types=types,
+        profiles=profiles,
+        slice_factor=1,
+    )
+    assert plan.cost_per_hour == pytest.approx(1.0)
+    assert plan.counts["g2"] == 1

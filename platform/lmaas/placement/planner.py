@@ -31,6 +31,9 @@ __all__ = [
     "plan_services",
 ]
 
+NEGLIGIBLE_RATE = 1e-9
+"""Requests per second below which a bucket's traffic is taken as none."""
+
 
 class PlacementInfeasible(ValueError):
     """No plan meets the constraints; `constraint` says which one cannot be met."""
@@ -233,7 +236,9 @@ def _problem(svc: ServiceSpec, catalog: Sequence[GPUType]) -> ServiceProblem:
         [(table.get(g.name, b.name) or 0.0) if g.name in fit_names else 0.0 for b in buckets]
         for g in catalog
     ]
-    rates = [svc.workload.rate * b.share for b in buckets]
+    # A bucket under one request in ~30 years is no load: left in, its coefficients (down to
+    # 1e-38 for a share that is denormal in practice) upset the solver's tolerances.
+    rates = [r if (r := svc.workload.rate * b.share) >= NEGLIGIBLE_RATE else 0.0 for b in buckets]
     for j, bucket in enumerate(buckets):
         if rates[j] > 0 and all(row[j] <= 0 for row in throughput):
             what = slo.describe() if slo else "the profiled SLO"
