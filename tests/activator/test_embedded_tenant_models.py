@@ -61,7 +61,7 @@ def test_a_tenants_full_model_gets_its_own_runtime(embedded_gateway, tmp_path: P
 def test_a_model_in_a_remote_store_is_copied_once(tmp_path: Path) -> None:
     import fsspec
 
-    from lmaas.gateway.activator.embedded import local_model_folder
+    from lmaas.store.artifacts import local_model_folder
 
     fs = fsspec.filesystem("memory")
     fs.pipe({"/models/m1/config.json": b"{}", "/models/m1/model.safetensors": b"weights"})

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsspec.core import url_to_fs
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -65,7 +64,7 @@ from lmaas.finetune.naming import MAX_MODEL_NAME, fine_tuned_model_name
 from lmaas.finetune.qft_train import QFT_FULL_SUBFOLDER
 from lmaas.finetune.trainer import CheckpointInfo, Progress, TrainingError, TrainingRun
 from lmaas.store import Database
-from lmaas.store.artifacts import ArtifactStore, fetch_file, fetch_folder
+from lmaas.store.artifacts import ArtifactStore, fetch_file, fetch_folder, local_model_folder
 from lmaas.store.models import (
     Adapter,
     FileObject,
@@ -327,16 +326,7 @@ class _ClaimedJob:
             )
         if "://" not in uri:
             return Path(uri).expanduser()
-        local = self.settings.model_cache_dir / "served" / spec.model.replace(":", "_")
-        if not (local / "config.json").is_file():
-            fs, path = url_to_fs(uri)
-            names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-            tmp = local.with_name(local.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            fetch_folder(uri, names, tmp)
-            shutil.rmtree(local, ignore_errors=True)
-            os.replace(tmp, local)
-        return local
+        return local_model_folder(uri, self.settings.model_cache_dir)
 
     def _restore_checkpoint(self) -> None:
         """Download the newest uploaded checkpoint unless the work folder has it already."""

@@ -9,15 +9,18 @@ half-written artifact under its final key.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import posixpath
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from fsspec.core import url_to_fs
 
-__all__ = ["ArtifactStore", "fetch_file", "fetch_folder", "read_chunks"]
+__all__ = ["ArtifactStore", "fetch_file", "fetch_folder", "local_model_folder", "read_chunks"]
 
 
 def _check_key(key: str) -> str:
@@ -104,6 +107,30 @@ def fetch_folder(uri: str, names: list[str], local: Path) -> Path:
     for name in names:
         fetch_file(uri.rstrip("/") + "/" + name, local / name)
     return local
+
+
+def local_model_folder(uri: str, cache_dir: Path) -> Path:
+    """A local folder holding the model folder stored at `uri`: itself when it is local, else
+    a copy under `cache_dir` made once (atomically) and reused, keyed by the URI."""
+    fs, path = url_to_fs(uri)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols:
+        return Path(path)
+    target = cache_dir / "stored" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        for remote in fs.ls(path, detail=False):
+            fs.get_file(remote, str(tmp / remote.rstrip("/").rsplit("/", 1)[-1]))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def read_chunks(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:

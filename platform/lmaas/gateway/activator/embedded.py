@@ -14,16 +14,12 @@ gateway writes to a terminal, where it shares the gateway's output.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from fsspec.core import url_to_fs
 from pydantic import SecretStr
 from sqlalchemy import select
 
@@ -32,6 +28,7 @@ from lmaas.gateway.activator.backend import BackendError, ServiceInfo
 from lmaas.gateway.activator.runtime_process import RuntimeProcess, reap_orphans
 from lmaas.gateway.routing import TenantRef
 from lmaas.store import Database, ServedModel
+from lmaas.store.artifacts import local_model_folder
 
 __all__ = ["EmbeddedBackend", "ModelFinder", "runtime_env", "stored_model_finder"]
 
@@ -81,29 +78,6 @@ def stored_model_finder(db: Database) -> ModelFinder:
         return await asyncio.to_thread(find, model, tenant.id)
 
     return finder
-
-
-def local_model_folder(uri: str, cache_dir: Path) -> Path:
-    """A local folder holding the model stored at `uri` (copied once if it is remote)."""
-    fs, path = url_to_fs(uri)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols:
-        return Path(path)
-    target = cache_dir / "stored" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        for remote in fs.ls(path, detail=False):
-            fs.get_file(remote, str(tmp / remote.rstrip("/").rsplit("/", 1)[-1]))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 class EmbeddedBackend:
