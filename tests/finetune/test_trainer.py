@@ -114,6 +114,7 @@ def test_checkpoints_are_written_pruned_and_reported(
         p.name for p in (folder / "step-00000006").iterdir()
     }
     assert any("exported a full model" in e for e in events)
+    assert not any(str(tmp_path) in e for e in events), "events reach the tenant: no local paths"
     # a second run on the finished folder returns the result without training
     again: list[Progress] = []
     repeat = make_run(

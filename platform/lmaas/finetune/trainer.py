@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -57,6 +58,8 @@ from lmaas.finetune.method import (
 )
 
 __all__ = ["CheckpointInfo", "Progress", "TrainingError", "TrainingResult", "TrainingRun"]
+
+log = logging.getLogger(__name__)
 
 RECENT_LOSSES = 10
 
@@ -311,7 +314,9 @@ class TrainingRun:
         tmp = result_file.with_suffix(".tmp")
         tmp.write_text(result.to_json())
         os.replace(tmp, result_file)
-        self.on_event("info", f"exported a {out.kind.replace('_', ' ')} to {out.path}", None)
+        log.info("exported a %s to %s", out.kind, out.path)
+        # Events reach the tenant: they name what was exported, never a path of this machine.
+        self.on_event("info", f"exported a {out.kind.replace('_', ' ')}", None)
         return result
 
     def _result(
