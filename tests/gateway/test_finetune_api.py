@@ -178,6 +178,13 @@ def test_worker_progress_reads_as_openai_events_and_checkpoints(api: Api, db: Da
         job = session.get(FineTuneJob, job_id)
         assert job is not None
         job.status, job.step, job.total_steps, job.trained_tokens = "running", 2, 4, 120
+        session.add(
+            JobEvent(
+                job_id=job_id,
+                message="Fine-tuning job started",
+                data={"worker": "celery@node-7:4242", "attempt": 1},
+            )
+        )
         for step, loss in ((1, 2.5), (2, 2.1)):
             session.add(
                 JobEvent(
@@ -196,7 +203,11 @@ def test_worker_progress_reads_as_openai_events_and_checkpoints(api: Api, db: Da
     ]
     assert [e.type for e in events.data] == ["metrics", "metrics"] and events.has_more
     older = client.fine_tuning.jobs.list_events(job_id, after=events.data[-1].id)
-    assert [e.message for e in older.data] == [f"Created fine-tuning job: {job_id}"]
+    assert [e.message for e in older.data] == [
+        "Fine-tuning job started",
+        f"Created fine-tuning job: {job_id}",
+    ]
+    assert older.data[0].data == {"attempt": 1}, "the worker's host is not the tenant's business"
     assert older.data[0].type == "message"
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job_id)

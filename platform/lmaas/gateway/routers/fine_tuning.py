@@ -326,9 +326,13 @@ def cancel_job(job_id: str, repo: TenantRepo) -> JobPublic:
     return job_public(job, repo.tenant)
 
 
+_WORKER_ONLY_EVENT_KEYS = frozenset({"worker"})
+
+
 def _event_public(row: JobEvent) -> EventPublic:
     level = {"warning": "warn"}.get(row.level, row.level)
-    data = row.data or None
+    # Which worker (host, process) ran an attempt is the operator's business, not the tenant's.
+    data = {k: v for k, v in (row.data or {}).items() if k not in _WORKER_ONLY_EVENT_KEYS} or None
     return EventPublic(
         id=f"{_EVENT_PREFIX}{row.id}",
         created_at=int(row.created_at.timestamp()),
