@@ -4,7 +4,8 @@ For each base projection the bank holds A of all its parts concatenated along th
 (slots, parts·rank, in_features) — one shrink serves a fused q/k/v — and one B per part
 (slots, rank, out_features) with the scaling folded in. The bank's rank is the largest
 rank loaded so far; smaller adapters are zero-padded. A larger adapter grows the bank
-(reallocate and copy, once).
+(reallocate and copy, once). `slot_rank` holds each slot's own rank (0 = empty), so the
+CPU kernel reads no padding rows.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class LoraWeights:
     rank: int = 0
     a: torch.Tensor | None = None
     b: list[torch.Tensor] = field(default_factory=list)
+    slot_rank: torch.Tensor | None = None  # the bank's (slots,) int64 rank per slot
 
 
 class LoraBank:
@@ -37,9 +39,10 @@ class LoraBank:
         self.rank = 0
         self.entries: list[LoraWeights] = []
         self.slot_adapter: list[str | None] = [None] * num_slots
+        self.slot_rank = torch.zeros(num_slots, dtype=torch.int64)  # host: read by the CPU kernel
 
     def register(self, layer: int, parts: list[tuple[str, int, int]]) -> LoraWeights:
-        entry = LoraWeights(layer=layer, parts=parts)
+        entry = LoraWeights(layer=layer, parts=parts, slot_rank=self.slot_rank)
         self.entries.append(entry)
         return entry
 
@@ -98,6 +101,7 @@ class LoraBank:
                 stacked_a[slot, j * r_bank : j * r_bank + r].copy_(a, non_blocking=True)
                 e.b[j][slot, :r].copy_(b.T, non_blocking=True)
         self.slot_adapter[slot] = adapter.adapter_id
+        self.slot_rank[slot] = adapter.rank
 
     def clear(self, slot: int) -> None:
         for e in self.entries:
@@ -106,3 +110,4 @@ class LoraBank:
                 for b in e.b:
                     b[slot].zero_()
         self.slot_adapter[slot] = None
+        self.slot_rank[slot] = 0

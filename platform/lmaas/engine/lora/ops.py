@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from lmaas.engine.lora.mapping import LoraMapping
+from lmaas.engine.lora.mapping import LoraMapping, Segments
 
 __all__ = ["LoraBuffer", "lora_expand", "lora_shrink"]
 
@@ -31,7 +31,7 @@ class LoraBuffer:
         return LoraBuffer(packed, [s[:, start:stop] for s in self.segments])
 
 
-def lora_shrink(x: torch.Tensor, a: torch.Tensor, mapping: LoraMapping) -> LoraBuffer:
+def lora_shrink(x: torch.Tensor, a: torch.Tensor, mapping: LoraMapping | Segments) -> LoraBuffer:
     """Project every LoRA token onto its adapter's A.
 
     Semantics:
@@ -51,7 +51,9 @@ def lora_shrink(x: torch.Tensor, a: torch.Tensor, mapping: LoraMapping) -> LoraB
     return LoraBuffer(packed, segments)
 
 
-def lora_expand(y: torch.Tensor, h: LoraBuffer, b: torch.Tensor, mapping: LoraMapping) -> None:
+def lora_expand(
+    y: torch.Tensor, h: LoraBuffer, b: torch.Tensor, mapping: LoraMapping | Segments
+) -> None:
     """Add every LoRA token's up-projection to its output row (in place; y may be a slice).
 
     Semantics:
