@@ -102,10 +102,16 @@ inline __m512 bf16_odd(__m512i v) {
 
 #if defined(__AVX512BF16__)
 // bf16 · bf16 in one instruction per 32 elements (exact products, float sums).
-inline float dot_bf16(const bf16* __restrict w, const bf16* __restrict x, int64_t n) {
+// `ahead` (elements, 0 = none): prefetch the same place of the next group's slot into L2.
+inline float dot_bf16(const bf16* __restrict w, const bf16* __restrict x, int64_t n,
+                      int64_t ahead) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0;
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
+    if (ahead) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + i + ahead), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(w + i + ahead + 32), _MM_HINT_T1);
+    }
     a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + i), (__m512bh)_mm512_loadu_si512(x + i));
     a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + i + 32),
                           (__m512bh)_mm512_loadu_si512(x + i + 32));
@@ -198,7 +204,8 @@ inline void expand_row_avx512(const float* __restrict h, const W* __restrict b, 
 // y (bf16 or float) is updated once per block.
 template <typename Y>
 inline void expand_row_bf16(const float* __restrict h, const bf16* __restrict b, int64_t ldb,
-                            int r, Y* __restrict y, int64_t n, float* __restrict acc) {
+                            int r, Y* __restrict y, int64_t n, float* __restrict acc,
+                            int64_t ahead) {
   int64_t o = 0;
   for (; o + 64 <= n; o += 64) {
     __m512 e0 = _mm512_setzero_ps(), o0 = e0, e1 = e0, o1 = e0;
@@ -207,6 +214,10 @@ inline void expand_row_bf16(const float* __restrict h, const bf16* __restrict b,
       const __m512 hk = _mm512_set1_ps(h[k]);
       _mm_prefetch(reinterpret_cast<const char*>(row + 256), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(row + 256 + 32), _MM_HINT_T0);
+      if (ahead) {
+        _mm_prefetch(reinterpret_cast<const char*>(row + ahead), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 32), _MM_HINT_T1);
+      }
       const __m512i v0 = _mm512_loadu_si512(row), v1 = _mm512_loadu_si512(row + 32);
       e0 = _mm512_fmadd_ps(hk, bf16_even(v0), e0);
       o0 = _mm512_fmadd_ps(hk, bf16_odd(v0), o0);
@@ -222,9 +233,10 @@ inline void expand_row_bf16(const float* __restrict h, const bf16* __restrict b,
 
 // Dispatch: the fastest expand / dot this build has for the dtypes.
 template <typename W, typename Y>
-inline void expand(const float* h, const W* b, int64_t ldb, int r, Y* y, int64_t n, float* acc) {
+inline void expand(const float* h, const W* b, int64_t ldb, int r, Y* y, int64_t n, float* acc,
+                   int64_t ahead) {
 #if defined(__AVX512F__)
-  if constexpr (sizeof(W) == 2) expand_row_bf16(h, b, ldb, r, y, n, acc);
+  if constexpr (sizeof(W) == 2) expand_row_bf16(h, b, ldb, r, y, n, acc, ahead);
   else expand_row_avx512(h, b, ldb, r, y, n, acc);
 #else
   expand_row(h, b, ldb, r, y, n, acc);
@@ -251,6 +263,9 @@ void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t 
     const int r = static_cast<int>(slot_rank[s] < rank ? slot_rank[s] : rank);
     if (r <= 0) continue;
     const int64_t begin = group_start[g], n = group_start[g + 1] - begin;
+    // Slots ahead to the next group (its weights are prefetched while this one computes).
+    const int64_t step = g + 1 < num_groups ? group_slot[g + 1] - s : 0;
+    const int64_t a_ahead = step * a_slot;
     h.resize(n * num_parts * rank);
     if constexpr (!kDirectDot<X, W>) {
       xf.resize(n * in_features);
@@ -266,7 +281,8 @@ void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t 
         for (int64_t i = 0; i < n; ++i) {
 #if defined(__AVX512BF16__)
           if constexpr (kDirectDot<X, W>) {
-            hk[i * num_parts * rank] = dot_bf16(row, x + token_index[begin + i] * x_stride, in_features);
+            hk[i * num_parts * rank] = dot_bf16(row, x + token_index[begin + i] * x_stride, in_features,
+                                                i == 0 ? a_ahead : 0);
             continue;
           }
 #endif
@@ -280,7 +296,8 @@ void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t 
       acc.resize(out[j]);
       for (int64_t i = 0; i < n; ++i)
         expand(h.data() + (i * num_parts + j) * rank, bs, out[j], r,
-               y + token_index[begin + i] * y_stride + y_offset[j], out[j], acc.data());
+               y + token_index[begin + i] * y_stride + y_offset[j], out[j], acc.data(),
+               i == 0 ? step * rank * out[j] : 0);
     }
   }
 }
