@@ -90,12 +90,19 @@ def _build(compiler: str) -> Path:
     return target
 
 
+def _setting() -> str:
+    """LMAAS_LORA_KERNEL: "on" (whatever the thread count), "off", or "auto" (the default)."""
+    value = os.environ.get("LMAAS_LORA_KERNEL", "").strip().lower()
+    if value in ("1", "true", "on", "yes"):
+        return "on"
+    if value in ("0", "false", "off", "no"):
+        return "off"
+    return "auto"
+
+
 @cache
 def load() -> ctypes.CDLL | None:
-    """The loaded kernel library, or None (the reason is logged once)."""
-    if os.environ.get("LMAAS_LORA_KERNEL", "").strip().lower() in ("0", "false", "off", "no"):
-        log.info("LoRA CPU kernel disabled by LMAAS_LORA_KERNEL; using the torch path")
-        return None
+    """The loaded kernel library (built on first use), or None (the reason is logged once)."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         log.warning("no C++ compiler found: the LoRA CPU kernel is off, using the torch path")
@@ -117,10 +124,18 @@ def wanted(x: torch.Tensor, weights: torch.Tensor) -> bool:
     """Whether this call should use the kernel (CPU, float32/bfloat16, settings allow)."""
     if x.device.type != "cpu" or x.dtype not in _DTYPES or weights.dtype not in _DTYPES:
         return False
-    forced = os.environ.get("LMAAS_LORA_KERNEL", "").strip().lower() in ("1", "true", "on", "yes")
-    if not forced and torch.get_num_threads() != 1:
+    setting = _setting()
+    if setting == "off":
+        _log_once("LoRA CPU kernel off (LMAAS_LORA_KERNEL); using the torch path")
+        return False
+    if setting == "auto" and torch.get_num_threads() != 1:
         return False
     return load() is not None
+
+
+@cache
+def _log_once(message: str) -> None:
+    log.info(message)
 
 
 class Call:
