@@ -43,6 +43,16 @@ inline void store(bf16* p, float v) {  // round to nearest even, like torch
 
 constexpr int kBlock = 64;  // floats per block: four 16-wide vectors
 
+// Expand block: NVEC x 32 outputs in registers while the rows of B stream through; and how
+// far ahead (elements) along a row to prefetch. Measured best of {4, 8, 16} x {256, 512, 1024}
+// for SmolLM2 shapes on an AMD EPYC (Zen 4).
+#ifndef NVEC
+#define NVEC 8
+#endif
+#ifndef PF_NEAR
+#define PF_NEAR 256
+#endif
+
 // sum_i w[i] * x[i], with x already in float (generic: the compiler vectorises the block).
 template <typename W>
 inline float dot(const W* __restrict w, const float* __restrict x, int64_t n) {
@@ -202,31 +212,38 @@ inline void expand_row_avx512(const float* __restrict h, const W* __restrict b, 
 #if defined(__AVX512F__)
 // bf16 B: a block of 64 outputs as even/odd halves of two 32-element loads (no shuffles);
 // y (bf16 or float) is updated once per block.
+template <int NV, typename Y>
+inline int64_t expand_blocks_bf16(const float* __restrict h, const bf16* __restrict b,
+                                  int64_t ldb, int r, Y* __restrict y, int64_t n, int64_t ahead) {
+  int64_t o = 0;
+  for (; o + 32 * NV <= n; o += 32 * NV) {
+    __m512 ev[NV], od[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) ev[v] = od[v] = _mm512_setzero_ps();
+    for (int k = 0; k < r; ++k) {
+      const bf16* row = b + k * ldb + o;
+      const __m512 hk = _mm512_set1_ps(h[k]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) {
+        _mm_prefetch(reinterpret_cast<const char*>(row + PF_NEAR + 32 * v), _MM_HINT_T0);
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 32 * v), _MM_HINT_T1);
+        const __m512i w = _mm512_loadu_si512(row + 32 * v);
+        ev[v] = _mm512_fmadd_ps(hk, bf16_even(w), ev[v]);
+        od[v] = _mm512_fmadd_ps(hk, bf16_odd(w), od[v]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) add_block(y + o + 32 * v, ev[v], od[v]);
+  }
+  return o;
+}
+
 template <typename Y>
 inline void expand_row_bf16(const float* __restrict h, const bf16* __restrict b, int64_t ldb,
                             int r, Y* __restrict y, int64_t n, float* __restrict acc,
                             int64_t ahead) {
-  int64_t o = 0;
-  for (; o + 64 <= n; o += 64) {
-    __m512 e0 = _mm512_setzero_ps(), o0 = e0, e1 = e0, o1 = e0;
-    for (int k = 0; k < r; ++k) {
-      const bf16* row = b + k * ldb + o;
-      const __m512 hk = _mm512_set1_ps(h[k]);
-      _mm_prefetch(reinterpret_cast<const char*>(row + 256), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(row + 256 + 32), _MM_HINT_T0);
-      if (ahead) {
-        _mm_prefetch(reinterpret_cast<const char*>(row + ahead), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 32), _MM_HINT_T1);
-      }
-      const __m512i v0 = _mm512_loadu_si512(row), v1 = _mm512_loadu_si512(row + 32);
-      e0 = _mm512_fmadd_ps(hk, bf16_even(v0), e0);
-      o0 = _mm512_fmadd_ps(hk, bf16_odd(v0), o0);
-      e1 = _mm512_fmadd_ps(hk, bf16_even(v1), e1);
-      o1 = _mm512_fmadd_ps(hk, bf16_odd(v1), o1);
-    }
-    add_block(y + o, e0, o0);
-    add_block(y + o + 32, e1, o1);
-  }
+  int64_t o = expand_blocks_bf16<NVEC>(h, b, ldb, r, y, n, ahead);
+  o += expand_blocks_bf16<1>(h, b + o, ldb, r, y + o, n - o, ahead);
   if (o < n) expand_row(h, b + o, ldb, r, y + o, n - o, acc);
 }
 #endif
