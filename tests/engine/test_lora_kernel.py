@@ -132,11 +132,26 @@ def test_kernel_reads_no_padding_rows(monkeypatch) -> None:
     )
 
 
-def test_kernel_is_used_by_default_on_one_thread_only(monkeypatch) -> None:
+def test_kernel_is_used_by_default_and_can_be_turned_off(monkeypatch) -> None:
     layer, _ = make_layer(torch.float32)
     x = torch.randn(3, IN)
     monkeypatch.delenv("LMAAS_LORA_KERNEL", raising=False)
-    assert kernel.wanted(x, layer.weights.a)  # the engine tests run torch on one thread
+    assert kernel.wanted(x, layer.weights.a)
     monkeypatch.setenv("LMAAS_LORA_KERNEL", "0")
     assert not kernel.wanted(x, layer.weights.a)
     assert not kernel.wanted(x.half(), layer.weights.a.half())  # float16: torch path
+
+
+@pytest.mark.parametrize("slots", [[1] * 9, [0, 4, 4, -1, 2] * 7], ids=["one group", "many"])
+def test_kernel_on_several_threads_matches_the_reference(slots, monkeypatch) -> None:
+    layer, adapters = make_layer(torch.float32)
+    x = torch.randn(len(slots), IN)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        y, used = run_layer(layer, x, slots, monkeypatch, "on")
+    finally:
+        torch.set_num_threads(before)
+    assert used
+    expected = reference(x, layer, adapters, slots)
+    torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-4)

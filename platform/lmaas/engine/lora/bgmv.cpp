@@ -272,9 +272,19 @@ template <typename X, typename W>
 void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t rank,
          int64_t num_parts, const W* const* b, const int64_t* out, X* y, int64_t y_stride,
          const int64_t* y_offset, const int64_t* slot_rank, const int64_t* group_slot,
-         const int64_t* group_start, const int64_t* token_index, int64_t num_groups) {
+         const int64_t* group_start, const int64_t* token_index, int64_t num_groups,
+         int num_threads) {
   const int64_t a_slot = num_parts * rank * in_features;
+  // Groups write disjoint rows of y: they are shared out among threads (OpenMP, the same
+  // runtime as torch's: the library is linked against the libgomp torch has loaded).
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(num_threads) if (num_threads > 1 && num_groups > 1)
+#endif
+  {
   std::vector<float> xf, h, acc;
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t s = group_slot[g];
     const int r = static_cast<int>(slot_rank[s] < rank ? slot_rank[s] : rank);
@@ -317,6 +327,7 @@ void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t 
                i == 0 ? step * rank * out[j] : 0);
     }
   }
+  }
 }
 
 }  // namespace
@@ -328,11 +339,13 @@ int lmaas_lora_bgmv(int act_dtype, int weight_dtype, const void* x, int64_t x_st
                     int64_t in_features, const void* a, int64_t rank, int64_t num_parts,
                     const void* const* b, const int64_t* out, void* y, int64_t y_stride,
                     const int64_t* y_offset, const int64_t* slot_rank, const int64_t* group_slot,
-                    const int64_t* group_start, const int64_t* token_index, int64_t num_groups) {
+                    const int64_t* group_start, const int64_t* token_index, int64_t num_groups,
+                    int num_threads) {
 #define LMAAS_RUN(X, W)                                                                        \
   run<X, W>(static_cast<const X*>(x), x_stride, in_features, static_cast<const W*>(a), rank, \
             num_parts, reinterpret_cast<const W* const*>(b), out, static_cast<X*>(y),         \
-            y_stride, y_offset, slot_rank, group_slot, group_start, token_index, num_groups)
+            y_stride, y_offset, slot_rank, group_slot, group_start, token_index, num_groups, \
+            num_threads)
   if (act_dtype == 0 && weight_dtype == 0) LMAAS_RUN(float, float);
   else if (act_dtype == 1 && weight_dtype == 1) LMAAS_RUN(bf16, bf16);
   else if (act_dtype == 1 && weight_dtype == 0) LMAAS_RUN(bf16, float);

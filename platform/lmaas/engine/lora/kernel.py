@@ -6,8 +6,8 @@ with the system C++ compiler (`-O3 -march=native`, about a second) the first tim
 needed, into a cache keyed by the source, the compiler and the CPU's flags:
 `$LMAAS_HOME/kernels`, else `~/.cache/lmaas/kernels`. No compiler, a failed build or
 `LMAAS_LORA_KERNEL=0` leaves the torch path (`ops.lora_shrink` / `ops.lora_expand`) in
-use, logged once. The kernel runs on one thread, so by default it serves only when torch
-runs on one thread; `LMAAS_LORA_KERNEL=1` uses it whatever the thread count.
+use, logged once. With OpenMP (linked against the libgomp torch has loaded, so one thread
+pool) it shares the groups out among torch's threads.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("bgmv.cpp")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
+OPENMP = "-fopenmp"  # threads over groups; dropped (one thread) where the compiler lacks it
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
@@ -38,7 +39,14 @@ class KernelPlan:
     """The step's LoRA tokens as groups for the kernel: group g uses bank slot
     `group_slot[g]` for tokens `token_index[group_start[g]:group_start[g + 1]]`."""
 
-    def __init__(self, groups: list[tuple[int, list[int]]]) -> None:
+    def __init__(self, groups: list[tuple[int, list[int]]], threads: int = 1) -> None:
+        if 0 < len(groups) < threads:  # fewer groups than threads: split them by tokens
+            pieces = -(-threads // len(groups))
+            groups = [
+                (slot, members[i::pieces])
+                for slot, members in groups
+                for i in range(min(pieces, len(members)))
+            ]
         self.num_groups = len(groups)
         starts = [0]
         tokens: list[int] = []
@@ -80,9 +88,11 @@ def _build(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        subprocess.run(
-            [compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, check=True
-        )
+        command = [compiler, *FLAGS, "-o", tmp, str(SOURCE)]
+        done = subprocess.run([*command, OPENMP], capture_output=True, text=True)
+        if done.returncode != 0:
+            log.info("LoRA CPU kernel: no OpenMP (%s); built for one thread", done.stderr[-300:])
+            subprocess.run(command, capture_output=True, text=True, check=True)
         os.replace(tmp, target)  # atomic: concurrent builders agree on the result
     finally:
         if os.path.exists(tmp):
@@ -90,14 +100,10 @@ def _build(compiler: str) -> Path:
     return target
 
 
-def _setting() -> str:
-    """LMAAS_LORA_KERNEL: "on" (whatever the thread count), "off", or "auto" (the default)."""
+def enabled() -> bool:
+    """LMAAS_LORA_KERNEL: on unless it says 0 / false / off / no."""
     value = os.environ.get("LMAAS_LORA_KERNEL", "").strip().lower()
-    if value in ("1", "true", "on", "yes"):
-        return "on"
-    if value in ("0", "false", "off", "no"):
-        return "off"
-    return "auto"
+    return value not in ("0", "false", "off", "no")
 
 
 @cache
@@ -116,19 +122,16 @@ def load() -> ctypes.CDLL | None:
     fn = lib.lmaas_lora_bgmv
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int, ctypes.c_int, _P, _I, _I, _P, _I, _I, _P, _P, _P, _I]
-    fn.argtypes += [_P, _P, _P, _P, _P, _I]
+    fn.argtypes += [_P, _P, _P, _P, _P, _I, ctypes.c_int]
     return lib
 
 
 def wanted(x: torch.Tensor, weights: torch.Tensor) -> bool:
-    """Whether this call should use the kernel (CPU, float32/bfloat16, settings allow)."""
+    """Whether this call should use the kernel (CPU, float32/bfloat16, the setting allows)."""
     if x.device.type != "cpu" or x.dtype not in _DTYPES or weights.dtype not in _DTYPES:
         return False
-    setting = _setting()
-    if setting == "off":
+    if not enabled():
         _log_once("LoRA CPU kernel off (LMAAS_LORA_KERNEL); using the torch path")
-        return False
-    if setting == "auto" and torch.get_num_threads() != 1:
         return False
     return load() is not None
 
@@ -180,6 +183,7 @@ def run(
         plan.group_start.data_ptr(),
         plan.token_index.data_ptr(),
         plan.num_groups,
+        torch.get_num_threads(),
     )
     if status != 0:
         raise RuntimeError(f"LoRA kernel: unsupported dtypes {x.dtype}, {a.dtype}")

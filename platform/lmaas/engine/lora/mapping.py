@@ -108,7 +108,9 @@ class LoraMapping:
         """(the kernel's groups, the segments left to a matmul), built once per step."""
         if self._kernel is None:
             slots = sorted(self._by_slot.items())
-            plan = KernelPlan([(s, t) for s, t in slots if len(t) <= KERNEL_MAX_GROUP])
+            plan = KernelPlan(
+                [(s, t) for s, t in slots if len(t) <= KERNEL_MAX_GROUP], torch.get_num_threads()
+            )
             rest = [(_index(t, self._device), s) for s, t in slots if len(t) > KERNEL_MAX_GROUP]
             self._kernel = plan, Segments(rest)
         return self._kernel
