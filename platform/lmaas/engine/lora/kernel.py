@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["KernelPlan", "load", "run", "wanted"]
+__all__ = ["KernelPlan", "describe", "load", "run", "wanted"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,16 @@ def wanted(x: torch.Tensor, weights: torch.Tensor) -> bool:
 @cache
 def _log_once(message: str) -> None:
     log.info(message)
+
+
+def describe() -> str:
+    """One line for reports: whether the CPU kernel serves LoRA here, and how it was built."""
+    if not enabled():
+        return "off (LMAAS_LORA_KERNEL)"
+    lib = load()
+    if lib is None:
+        return "unavailable (no compiler or build failed): torch path"
+    return f"compiled gather-GEMV ({' '.join(FLAGS)}, {Path(lib._name).name})"
 
 
 class Call:

@@ -71,7 +71,10 @@ class LoraLinear(nn.Module):
 
 
 def attach_lora(model: nn.Module, bank: LoraBank) -> None:
-    """Wrap every decoder layer's projections of `model` with `LoraLinear` over `bank`."""
+    """Wrap every decoder layer's projections of `model` with `LoraLinear` over `bank`
+    (on CPU, the kernel is built now, at engine start, not in the first request's step)."""
+    if bank.device.type == "cpu" and kernel.enabled():
+        kernel.load()
     for index, layer in enumerate(model.model.layers):
         for block_name, names in _PROJECTIONS.items():
             block = getattr(layer, block_name)
