@@ -7,6 +7,10 @@ heavy segment — never one call per token, never a loop over adapters per token
 Weights are stacked per bank slot: `a` is (slots, rank, in_features) — A transposed, so a
 rank prefix is contiguous — and `b` is (slots, rank, out_features) with the adapter's
 scaling already folded in. Slots of adapters with a smaller rank are zero-padded.
+
+On CPU the compiled gather-GEMV (`lora.kernel`) does the same maths for every slot with up
+to `mapping.KERNEL_MAX_GROUP` tokens; these functions then serve longer prompt chunks only,
+and everything elsewhere (CUDA, no compiler, `LMAAS_LORA_KERNEL=0`).
 """
 
 from __future__ import annotations
