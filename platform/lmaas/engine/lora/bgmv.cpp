@@ -43,14 +43,10 @@ inline void store(bf16* p, float v) {  // round to nearest even, like torch
 
 constexpr int kBlock = 64;  // floats per block: four 16-wide vectors
 
-// Expand block: NVEC x 32 outputs in registers while the rows of B stream through; and how
-// far ahead (elements) along a row to prefetch. Measured best of {4, 8, 16} x {256, 512, 1024}
-// for SmolLM2 shapes on an AMD EPYC (Zen 4).
+// Expand block: NVEC x 32 outputs in registers while the rows of B stream through
+// (8 measured best of 4, 8, 16 for SmolLM2 shapes on an AMD EPYC, Zen 4).
 #ifndef NVEC
 #define NVEC 8
-#endif
-#ifndef PF_NEAR
-#define PF_NEAR 256
 #endif
 
 // sum_i w[i] * x[i], with x already in float (generic: the compiler vectorises the block).
@@ -225,7 +221,6 @@ inline int64_t expand_blocks_bf16(const float* __restrict h, const bf16* __restr
       const __m512 hk = _mm512_set1_ps(h[k]);
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) {
-        _mm_prefetch(reinterpret_cast<const char*>(row + PF_NEAR + 32 * v), _MM_HINT_T0);
         if (ahead) _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 32 * v), _MM_HINT_T1);
         const __m512i w = _mm512_loadu_si512(row + 32 * v);
         ev[v] = _mm512_fmadd_ps(hk, bf16_even(w), ev[v]);
@@ -290,8 +285,9 @@ void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t 
     const int r = static_cast<int>(slot_rank[s] < rank ? slot_rank[s] : rank);
     if (r <= 0) continue;
     const int64_t begin = group_start[g], n = group_start[g + 1] - begin;
-    // Slots ahead to the next group (its weights are prefetched while this one computes).
-    const int64_t step = g + 1 < num_groups ? group_slot[g + 1] - s : 0;
+    // Slots ahead to the group after next (its weights are prefetched while this one
+    // computes; two groups ahead measured faster than one or three).
+    const int64_t step = g + 2 < num_groups ? group_slot[g + 2] - s : 0;
     const int64_t a_ahead = step * a_slot;
     h.resize(n * num_parts * rank);
     if constexpr (!kDirectDot<X, W>) {
