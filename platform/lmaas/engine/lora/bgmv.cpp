@@ -313,14 +313,19 @@ void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t 
             hk[i * num_parts * rank] = dot(row, xf.data() + i * in_features, in_features);
         }
       }
-    // Expand: each block of B is read from memory once, then reused from L1 by every token.
+    // Expand, by column chunks: each chunk of B (r rows x 32 * NVEC) is read from memory
+    // once, then reused from L1 by every token of the group.
     for (int64_t j = 0; j < num_parts; ++j) {
       const W* bs = b[j] + s * rank * out[j];
       acc.resize(out[j]);
-      for (int64_t i = 0; i < n; ++i)
-        expand(h.data() + (i * num_parts + j) * rank, bs, out[j], r,
-               y + token_index[begin + i] * y_stride + y_offset[j], out[j], acc.data(),
-               i == 0 ? step * rank * out[j] : 0);
+      constexpr int64_t kChunk = 32 * NVEC;
+      for (int64_t o = 0; o < out[j]; o += kChunk) {
+        const int64_t width = out[j] - o < kChunk ? out[j] - o : kChunk;
+        for (int64_t i = 0; i < n; ++i)
+          expand(h.data() + (i * num_parts + j) * rank, bs + o, out[j], r,
+                 y + token_index[begin + i] * y_stride + y_offset[j] + o, width, acc.data(),
+                 i == 0 ? step * rank * out[j] : 0);
+      }
     }
   }
   }
