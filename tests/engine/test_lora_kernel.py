@@ -155,3 +155,33 @@ def test_kernel_on_several_threads_matches_the_reference(slots, monkeypatch) -> 
     assert used
     expected = reference(x, layer, adapters, slots)
     torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_follows_the_bank_when_a_larger_adapter_grows_it(monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(3)
+    base = Linear(IN, PARTS, bias=False, dtype=torch.float32, device=torch.device("cpu"))
+    base.weight.copy_(torch.randn(base.weight.shape, generator=gen) * 0.1)
+    bank = LoraBank(2, dtype=torch.float32, device=torch.device("cpu"))
+    layer = LoraLinear(base, bank.register(0, [(name, IN, size) for name, size in PARTS]))
+
+    def adapter(name: str, rank: int) -> LoraAdapter:
+        weights = {
+            (0, part): (
+                torch.randn(rank, IN, generator=gen),
+                torch.randn(size, rank, generator=gen),
+            )
+            for part, size in PARTS
+        }
+        return LoraAdapter(name, rank, None, weights)
+
+    small, large = adapter("small", 4), adapter("large", 24)
+    bank.load(0, small)
+    x = torch.randn(3, IN, generator=gen)
+    run_layer(layer, x, [0, -1, 0], monkeypatch, "on")  # the kernel's arguments are cached
+    bank.load(1, large)  # rank 8 → 24: every stacked tensor is reallocated
+    slots = [0, 1, -1, 1]
+    x = torch.randn(len(slots), IN, generator=gen)
+    y, used = run_layer(layer, x, slots, monkeypatch, "on")
+    assert used and bank.rank == 24
+    expected = reference(x, layer, [small, large], slots)
+    torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-4)

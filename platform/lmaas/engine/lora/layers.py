@@ -65,7 +65,7 @@ class LoraLinear(nn.Module):
 
     def _kernel_call(self) -> kernel.Call:
         b = self.weights.b
-        if self._call is None or any(p is not q for p, q in zip(self._call.b, b, strict=True)):
+        if self._call is None or self._call.b is not b:  # the bank replaces the list on growth
             self._call = kernel.Call(b, [offset for _, offset, _ in self.base.output_slices])
         return self._call
 
