@@ -51,7 +51,7 @@ constexpr int kBlock = 64;  // floats per block: four 16-wide vectors
 
 // sum_i w[i] * x[i], with x already in float (generic: the compiler vectorises the block).
 template <typename W>
-inline float dot(const W* __restrict w, const float* __restrict x, int64_t n) {
+inline float dot(const W* __restrict w, const float* __restrict x, int64_t n, int64_t) {
   float acc[kBlock] = {};
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock)
@@ -63,10 +63,14 @@ inline float dot(const W* __restrict w, const float* __restrict x, int64_t n) {
 }
 
 #if defined(__AVX512F__)
-inline float dot(const float* __restrict w, const float* __restrict x, int64_t n) {
+inline float dot(const float* __restrict w, const float* __restrict x, int64_t n,
+                 int64_t ahead) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
+    if (ahead)
+      for (int l = 0; l < 64; l += 16)
+        _mm_prefetch(reinterpret_cast<const char*>(w + i + ahead + l), _MM_HINT_T1);
     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
     a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
     a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
@@ -84,7 +88,7 @@ inline __m512 load_bf16(const bf16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 
-inline float dot(const bf16* __restrict w, const float* __restrict x, int64_t n) {
+inline float dot(const bf16* __restrict w, const float* __restrict x, int64_t n, int64_t) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
@@ -181,26 +185,38 @@ inline void add_block(float* y, __m512 even, __m512 odd) {
   _mm512_storeu_ps(y + 16, _mm512_add_ps(_mm512_loadu_ps(y + 16), _mm512_permutex2var_ps(even, idx_hi, odd)));
 }
 
-// Register-blocked: 64 outputs in four vectors, the r rows of B streamed through them.
-template <typename W, typename Y>
-inline void expand_row_avx512(const float* __restrict h, const W* __restrict b, int64_t ldb,
-                              int r, Y* __restrict y, int64_t n, float* __restrict acc) {
+// Register-blocked: NV x 16 outputs in registers, the r rows of B streamed through them
+// (float B; bf16 B goes through expand_row_bf16).
+template <int NV, typename W, typename Y>
+inline int64_t expand_blocks_f32(const float* __restrict h, const W* __restrict b, int64_t ldb,
+                                 int r, Y* __restrict y, int64_t n, int64_t ahead) {
   int64_t o = 0;
-  for (; o + 64 <= n; o += 64) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; o + 16 * NV <= n; o += 16 * NV) {
+    __m512 acc[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_ps();
     for (int k = 0; k < r; ++k) {
       const W* row = b + k * ldb + o;
       const __m512 hk = _mm512_set1_ps(h[k]);
-      a0 = _mm512_fmadd_ps(hk, load_w(row), a0);
-      a1 = _mm512_fmadd_ps(hk, load_w(row + 16), a1);
-      a2 = _mm512_fmadd_ps(hk, load_w(row + 32), a2);
-      a3 = _mm512_fmadd_ps(hk, load_w(row + 48), a3);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) {
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 16 * v), _MM_HINT_T1);
+        acc[v] = _mm512_fmadd_ps(hk, load_w(row + 16 * v), acc[v]);
+      }
     }
-    store_y(y + o, _mm512_add_ps(load_y(y + o), a0));
-    store_y(y + o + 16, _mm512_add_ps(load_y(y + o + 16), a1));
-    store_y(y + o + 32, _mm512_add_ps(load_y(y + o + 32), a2));
-    store_y(y + o + 48, _mm512_add_ps(load_y(y + o + 48), a3));
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v)
+      store_y(y + o + 16 * v, _mm512_add_ps(load_y(y + o + 16 * v), acc[v]));
   }
+  return o;
+}
+
+template <typename W, typename Y>
+inline void expand_row_avx512(const float* __restrict h, const W* __restrict b, int64_t ldb,
+                              int r, Y* __restrict y, int64_t n, float* __restrict acc,
+                              int64_t ahead) {
+  int64_t o = expand_blocks_f32<2 * NVEC>(h, b, ldb, r, y, n, ahead);
+  o += expand_blocks_f32<1>(h, b + o, ldb, r, y + o, n - o, ahead);
   if (o < n) expand_row(h, b + o, ldb, r, y + o, n - o, acc);
 }
 #endif
@@ -249,7 +265,7 @@ inline void expand(const float* h, const W* b, int64_t ldb, int r, Y* y, int64_t
                    int64_t ahead) {
 #if defined(__AVX512F__)
   if constexpr (sizeof(W) == 2) expand_row_bf16(h, b, ldb, r, y, n, acc, ahead);
-  else expand_row_avx512(h, b, ldb, r, y, n, acc);
+  else expand_row_avx512(h, b, ldb, r, y, n, acc, ahead);
 #else
   expand_row(h, b, ldb, r, y, n, acc);
 #endif
@@ -310,7 +326,8 @@ void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t 
           }
 #endif
           if constexpr (!kDirectDot<X, W>)
-            hk[i * num_parts * rank] = dot(row, xf.data() + i * in_features, in_features);
+            hk[i * num_parts * rank] =
+                dot(row, xf.data() + i * in_features, in_features, i == 0 ? a_ahead : 0);
         }
       }
     // Expand, by column chunks: each chunk of B (r rows x 32 * NVEC) is read from memory
