@@ -286,65 +286,82 @@ void run(const X* x, int64_t x_stride, int64_t in_features, const W* a, int64_t 
          const int64_t* group_start, const int64_t* token_index, int64_t num_groups,
          int num_threads) {
   const int64_t a_slot = num_parts * rank * in_features;
-  // Groups write disjoint rows of y: they are shared out among threads (OpenMP, the same
-  // runtime as torch's: the library is linked against the libgomp torch has loaded).
+  // Two phases, each a pass in slot order over one stacked tensor: all shrinks (A), then
+  // the expands part by part (B_j), so that the hardware prefetcher sees long streams.
+  // Groups write disjoint rows of h and y: they are shared out among threads (OpenMP, the
+  // same runtime as torch's: the library is linked against the libgomp torch has loaded).
+  std::vector<float> h(group_start[num_groups] * num_parts * rank);
+  auto rank_of = [&](int64_t g) {
+    const int64_t r = slot_rank[group_slot[g]];
+    return static_cast<int>(r < rank ? r : rank);
+  };
+  // Slots from group g to the group after next: its weights are prefetched while g computes
+  // (two groups ahead measured faster than one or three).
+  auto step_of = [&](int64_t g) {
+    return g + 2 < num_groups ? group_slot[g + 2] - group_slot[g] : 0;
+  };
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1 && num_groups > 1)
 #endif
   {
-  std::vector<float> xf, h, acc;
+    std::vector<float> xf, acc;
 #if defined(_OPENMP)
 #pragma omp for schedule(static)
 #endif
-  for (int64_t g = 0; g < num_groups; ++g) {
-    const int64_t s = group_slot[g];
-    const int r = static_cast<int>(slot_rank[s] < rank ? slot_rank[s] : rank);
-    if (r <= 0) continue;
-    const int64_t begin = group_start[g], n = group_start[g + 1] - begin;
-    // Slots ahead to the group after next (its weights are prefetched while this one
-    // computes; two groups ahead measured faster than one or three).
-    const int64_t step = g + 2 < num_groups ? group_slot[g + 2] - s : 0;
-    const int64_t a_ahead = step * a_slot;
-    h.resize(n * num_parts * rank);
-    if constexpr (!kDirectDot<X, W>) {
-      xf.resize(n * in_features);
-      for (int64_t i = 0; i < n; ++i)
-        load_row(x + token_index[begin + i] * x_stride, xf.data() + i * in_features, in_features);
-    }
-    // Shrink: each row of A is read from memory once, then reused from L1 by every token.
-    const W* as = a + s * a_slot;
-    for (int64_t j = 0; j < num_parts; ++j)
-      for (int k = 0; k < r; ++k) {
-        const W* row = as + (j * rank + k) * in_features;
-        float* hk = h.data() + j * rank + k;
-        for (int64_t i = 0; i < n; ++i) {
-#if defined(__AVX512BF16__)
-          if constexpr (kDirectDot<X, W>) {
-            hk[i * num_parts * rank] = dot_bf16(row, x + token_index[begin + i] * x_stride, in_features,
-                                                i == 0 ? a_ahead : 0);
-            continue;
-          }
-#endif
-          if constexpr (!kDirectDot<X, W>)
-            hk[i * num_parts * rank] =
-                dot(row, xf.data() + i * in_features, in_features, i == 0 ? a_ahead : 0);
-        }
+    for (int64_t g = 0; g < num_groups; ++g) {
+      const int r = rank_of(g);
+      if (r <= 0) continue;
+      const int64_t begin = group_start[g], n = group_start[g + 1] - begin;
+      const int64_t a_ahead = step_of(g) * a_slot;
+      if constexpr (!kDirectDot<X, W>) {
+        xf.resize(n * in_features);
+        for (int64_t i = 0; i < n; ++i)
+          load_row(x + token_index[begin + i] * x_stride, xf.data() + i * in_features,
+                   in_features);
       }
+      // Shrink: each row of A is read from memory once, then reused from L1 by every token.
+      const W* as = a + group_slot[g] * a_slot;
+      for (int64_t j = 0; j < num_parts; ++j)
+        for (int k = 0; k < r; ++k) {
+          const W* row = as + (j * rank + k) * in_features;
+          float* hk = h.data() + (begin * num_parts + j) * rank + k;
+          for (int64_t i = 0; i < n; ++i) {
+#if defined(__AVX512BF16__)
+            if constexpr (kDirectDot<X, W>) {
+              hk[i * num_parts * rank] = dot_bf16(row, x + token_index[begin + i] * x_stride,
+                                                  in_features, i == 0 ? a_ahead : 0);
+              continue;
+            }
+#endif
+            if constexpr (!kDirectDot<X, W>)
+              hk[i * num_parts * rank] =
+                  dot(row, xf.data() + i * in_features, in_features, i == 0 ? a_ahead : 0);
+          }
+        }
+    }
     // Expand, by column chunks: each chunk of B (r rows x 32 * NVEC) is read from memory
     // once, then reused from L1 by every token of the group.
     for (int64_t j = 0; j < num_parts; ++j) {
-      const W* bs = b[j] + s * rank * out[j];
       acc.resize(out[j]);
-      constexpr int64_t kChunk = 32 * NVEC;
-      for (int64_t o = 0; o < out[j]; o += kChunk) {
-        const int64_t width = out[j] - o < kChunk ? out[j] - o : kChunk;
-        for (int64_t i = 0; i < n; ++i)
-          expand(h.data() + (i * num_parts + j) * rank, bs + o, out[j], r,
-                 y + token_index[begin + i] * y_stride + y_offset[j] + o, width, acc.data(),
-                 i == 0 ? step * rank * out[j] : 0);
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (int64_t g = 0; g < num_groups; ++g) {
+        const int r = rank_of(g);
+        if (r <= 0) continue;
+        const int64_t begin = group_start[g], n = group_start[g + 1] - begin;
+        const W* bs = b[j] + group_slot[g] * rank * out[j];
+        const int64_t ahead = step_of(g) * rank * out[j];
+        constexpr int64_t kChunk = 32 * NVEC;
+        for (int64_t o = 0; o < out[j]; o += kChunk) {
+          const int64_t width = out[j] - o < kChunk ? out[j] - o : kChunk;
+          for (int64_t i = 0; i < n; ++i)
+            expand(h.data() + ((begin + i) * num_parts + j) * rank, bs + o, out[j], r,
+                   y + token_index[begin + i] * y_stride + y_offset[j] + o, width, acc.data(),
+                   i == 0 ? ahead : 0);
+        }
       }
     }
-  }
   }
 }
 
