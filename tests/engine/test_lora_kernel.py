@@ -185,3 +185,22 @@ def test_kernel_follows_the_bank_when_a_larger_adapter_grows_it(monkeypatch) -> 
     assert used and bank.rank == 24
     expected = reference(x, layer, [small, large], slots)
     torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_without_a_working_compiler_the_torch_path_serves(monkeypatch, tmp_path, caplog) -> None:
+    monkeypatch.setenv("LMAAS_HOME", str(tmp_path))  # an empty kernel cache
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    kernel.load.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="lmaas.engine.lora.kernel"):
+            assert kernel.load() is None
+        assert "torch path" in caplog.text
+        layer, adapters = make_layer(torch.float32)
+        slots = [0, -1, 3, 3]
+        x = torch.randn(len(slots), IN)
+        y, used = run_layer(layer, x, slots, monkeypatch, "on")
+        assert not used
+        expected = reference(x, layer, adapters, slots)
+        torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-4)
+    finally:
+        kernel.load.cache_clear()  # the next caller loads the real build again

@@ -97,6 +97,9 @@ def _build(compiler: str) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    for stale in folder.glob("lmaas_bgmv_*.so"):  # builds of other sources or compilers
+        if stale != target:
+            stale.unlink(missing_ok=True)
     return target
 
 
