@@ -1,8 +1,9 @@
 // Gather-GEMV LoRA kernel for CPU (BGMV): every token's row times its own slot's A and B,
 // read in place from the stacked bank, accumulated in float. Built by lmaas.engine.lora.kernel
-// with -O3 -march=native; the inner loops are written so that the compiler vectorises them
-// (fixed-width blocks of independent float accumulators). No torch headers: plain pointers,
-// called through ctypes.
+// with -O3 -march=native (and -fopenmp). With AVX-512 the loops use intrinsics (bf16 dot
+// products with AVX512-BF16, bf16 widened by shift and mask, software prefetch of the
+// weights of the group after next); without it, plain loops of fixed-width blocks that the
+// compiler vectorises. No torch headers: plain pointers, called through ctypes.
 //
 // One call serves a whole (possibly fused) projection:
 //   for each group g (bank slot s = group_slot[g], tokens token_index[group_start[g]:...]):
@@ -10,6 +11,7 @@
 //     for each part j:
 //       h[t, :r] = A[s, j*R : j*R + r, :] · x[t]
 //       y[t, y_offset[j] : + out[j]] += h[t, :r] · B_j[s, :r, :]
+// y is rounded once per element (float sums); x and y share a dtype, A and B another.
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -112,7 +114,7 @@ inline __m512 bf16_odd(__m512i v) {
 
 #if defined(__AVX512BF16__)
 // bf16 · bf16 in one instruction per 32 elements (exact products, float sums).
-// `ahead` (elements, 0 = none): prefetch the same place of the next group's slot into L2.
+// `ahead` (elements, 0 = none): prefetch the same place of a later group's slot into L2.
 inline float dot_bf16(const bf16* __restrict w, const bf16* __restrict x, int64_t n,
                       int64_t ahead) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0;
