@@ -11,7 +11,7 @@ adapter from disk to a device slot, and peak memory. Writes
 Timings are the best of `--repeats` runs (the least disturbed by other processes);
 decode throughput excludes the prefill step.
 
-    python bench/lora_throughput.py            # full run (~10 min on 2 cores)
+    python bench/lora_throughput.py            # full run (~30 min on 2 cores, most of it peft)
     python bench/lora_throughput.py --quick    # a smaller run (~2–3 min)
 """
 
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "platform"))
 from lmaas.config import Settings, default_model_path  # noqa: E402
 from lmaas.engine.engine_config import EngineConfig, resolve_dtype  # noqa: E402
 from lmaas.engine.llm_engine import LLMEngine  # noqa: E402
+from lmaas.engine.lora import kernel as lora_kernel  # noqa: E402
 from lmaas.engine.model_files import materialize_model  # noqa: E402
 from lmaas.protocol import GenerateRequest, SamplingParams  # noqa: E402
 
@@ -495,6 +496,7 @@ def main() -> None:
             "dtype": str(dtype).removeprefix("torch."),
             "torch": torch.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "lora_cpu_kernel": lora_kernel.describe() if device.type == "cpu" else None,
             "load_before": load_before,
             "load_after": os.getloadavg(),
         },

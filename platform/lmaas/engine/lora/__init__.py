@@ -4,7 +4,8 @@
   scheduler) and `manager.LoraManager` (host pool, loading, the device bank);
 - where LoRA attaches: `layers.LoraLinear`, a wrapper around each base projection;
 - how the batched maths runs: `ops.lora_shrink` / `ops.lora_expand` over the whole batch,
-  laid out once per step by `mapping.LoraMapping`.
+  laid out once per step by `mapping.LoraMapping`; on CPU, `kernel` (a compiled
+  gather-GEMV, `bgmv.cpp`) for decode-sized groups.
 
 This package's ``__init__`` imports nothing, so the torch-free slot table stays torch-free.
 """

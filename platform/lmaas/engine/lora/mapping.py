@@ -7,15 +7,24 @@ padded (groups, tokens_per_group, features) tensor so that one batched matmul se
 of them; the weights are a view of a contiguous range of bank slots when the used slots
 are dense enough (no copy), else gathered. When the batch is ordered by slot (the step's
 batch is) and every group is full, packing is a free view.
+
+For the compiled CPU kernel (`lora.kernel`) the same tokens are laid out once more, lazily:
+every slot with at most `KERNEL_MAX_GROUP` tokens is one kernel group (its tokens gathered
+by index, nothing copied), and only longer prompt chunks stay segments for a matmul.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["LoraMapping", "PackedGroups"]
+from lmaas.engine.lora.kernel import KernelPlan
+
+__all__ = ["KERNEL_MAX_GROUP", "LoraMapping", "PackedGroups", "Segments"]
+
+# Tokens of one slot up to which the kernel's gather-GEMV serves them (above: a matmul).
+KERNEL_MAX_GROUP = 64
 
 
 @dataclass
@@ -58,8 +67,16 @@ class PackedGroups:
             y.index_add_(0, self.src, rows)
 
 
+@dataclass
+class Segments:
+    """Only the long per-slot runs of a step (what the kernel leaves to `lora.ops`)."""
+
+    segments: list[tuple[slice | torch.Tensor, int]]
+    packed: PackedGroups | None = field(default=None, init=False)
+
+
 class LoraMapping:
-    """Token → slot for one step, grouped for `lora.ops`."""
+    """Token → slot for one step, grouped for `lora.ops` (and, lazily, for the kernel)."""
 
     def __init__(
         self,
@@ -76,6 +93,9 @@ class LoraMapping:
             if slot >= 0:
                 by_slot.setdefault(slot, []).append(token)
         self.is_active = bool(by_slot)
+        self._device = device
+        self._by_slot = by_slot
+        self._kernel: tuple[KernelPlan, Segments] | None = None
         self.segments: list[tuple[slice | torch.Tensor, int]] = [
             (_index(tokens, device), slot)
             for slot, tokens in sorted(by_slot.items())
@@ -83,6 +103,17 @@ class LoraMapping:
         ]
         light = {s: t for s, t in by_slot.items() if len(t) <= segment_threshold}
         self.packed = _pack(light, device, max_range_waste) if light else None
+
+    def kernel_split(self) -> tuple[KernelPlan, Segments]:
+        """(the kernel's groups, the segments left to a matmul), built once per step."""
+        if self._kernel is None:
+            slots = sorted(self._by_slot.items())
+            plan = KernelPlan(
+                [(s, t) for s, t in slots if len(t) <= KERNEL_MAX_GROUP], torch.get_num_threads()
+            )
+            rest = [(_index(t, self._device), s) for s, t in slots if len(t) > KERNEL_MAX_GROUP]
+            self._kernel = plan, Segments(rest)
+        return self._kernel
 
 
 def _index(tokens: list[int], device: torch.device | str) -> slice | torch.Tensor:

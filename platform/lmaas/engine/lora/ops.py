@@ -7,13 +7,17 @@ heavy segment — never one call per token, never a loop over adapters per token
 Weights are stacked per bank slot: `a` is (slots, rank, in_features) — A transposed, so a
 rank prefix is contiguous — and `b` is (slots, rank, out_features) with the adapter's
 scaling already folded in. Slots of adapters with a smaller rank are zero-padded.
+
+On CPU the compiled gather-GEMV (`lora.kernel`) does the same maths for every slot with up
+to `mapping.KERNEL_MAX_GROUP` tokens; these functions then serve longer prompt chunks only,
+and everything elsewhere (CUDA, no compiler, `LMAAS_LORA_KERNEL=0`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from lmaas.engine.lora.mapping import LoraMapping
+from lmaas.engine.lora.mapping import LoraMapping, Segments
 
 __all__ = ["LoraBuffer", "lora_expand", "lora_shrink"]
 
@@ -31,7 +35,7 @@ class LoraBuffer:
         return LoraBuffer(packed, [s[:, start:stop] for s in self.segments])
 
 
-def lora_shrink(x: torch.Tensor, a: torch.Tensor, mapping: LoraMapping) -> LoraBuffer:
+def lora_shrink(x: torch.Tensor, a: torch.Tensor, mapping: LoraMapping | Segments) -> LoraBuffer:
     """Project every LoRA token onto its adapter's A.
 
     Semantics:
@@ -51,7 +55,9 @@ def lora_shrink(x: torch.Tensor, a: torch.Tensor, mapping: LoraMapping) -> LoraB
     return LoraBuffer(packed, segments)
 
 
-def lora_expand(y: torch.Tensor, h: LoraBuffer, b: torch.Tensor, mapping: LoraMapping) -> None:
+def lora_expand(
+    y: torch.Tensor, h: LoraBuffer, b: torch.Tensor, mapping: LoraMapping | Segments
+) -> None:
     """Add every LoRA token's up-projection to its output row (in place; y may be a slice).
 
     Semantics:
