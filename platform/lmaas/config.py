@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         description="Adapters kept in host memory (least recently used are dropped, pinned ones "
         "never).",
     )
+    lora_kernel: bool = Field(
+        default=True,
+        description="On CPU, batch LoRA with the compiled gather-GEMV kernel (built once with the "
+        "system C++ compiler into LMAAS_HOME/kernels); false, or no compiler, = the torch path.",
+    )
     default_requests_per_minute: int = Field(
         default=600, description="Quota of a new tenant: requests per minute."
     )

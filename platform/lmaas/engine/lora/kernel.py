@@ -4,7 +4,7 @@ The kernel is a gather-GEMV: each token's row times its own slot's A and B, read
 from the bank, float accumulation, padding rows of lower-rank adapters skipped. It is built
 with the system C++ compiler (`-O3 -march=native`, about a second) the first time it is
 needed, into a cache keyed by the source, the compiler and the CPU's flags:
-`$LMAAS_HOME/kernels`, else `~/.cache/lmaas/kernels`. No compiler, a failed build or
+`$LMAAS_HOME/kernels` (`~/.lmaas/kernels` by default). No compiler, a failed build or
 `LMAAS_LORA_KERNEL=0` leaves the torch path (`ops.lora_shrink` / `ops.lora_expand`) in
 use, logged once. With OpenMP (linked against the libgomp torch has loaded, so one thread
 pool) it shares the groups out among torch's threads.
@@ -60,7 +60,7 @@ class KernelPlan:
 
 def _cache_dir() -> Path:
     home = os.environ.get("LMAAS_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "lmaas") / "kernels"
+    return (Path(home) if home else Path.home() / ".lmaas") / "kernels"
 
 
 def _cpu_flags() -> str:
@@ -104,7 +104,10 @@ def _build(compiler: str) -> Path:
 
 
 def enabled() -> bool:
-    """LMAAS_LORA_KERNEL: on unless it says 0 / false / off / no."""
+    """The `lora_kernel` setting (LMAAS_LORA_KERNEL): on unless it says 0 / false / off / no.
+
+    Read from the environment on each call rather than through `lmaas.config`, so the engine
+    library stays free of the deployment's settings and a test can flip it."""
     value = os.environ.get("LMAAS_LORA_KERNEL", "").strip().lower()
     return value not in ("0", "false", "off", "no")
 
