@@ -18,7 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmaas.placement.catalog import GPUType, default_catalog, fits_model
-from lmaas.placement.ilp import Offer, ServiceProblem, Solution, solve
+from lmaas.placement.ilp import (
+    Offer,
+    ServiceProblem,
+    ServiceSolution,
+    Solution,
+    greedy_plan,
+    single_type_plan,
+    solve,
+)
 from lmaas.placement.profiles import ProfileSet, complete_profiles
 from lmaas.placement.specs import GIB, SLO, ModelSpec
 from lmaas.placement.workload import Workload
@@ -179,33 +187,87 @@ def plan_services(
 
 
 def _solve_jointly(problems: Sequence[ServiceProblem], offers: Sequence[Offer]) -> Solution | None:
-    """The joint optimum: each service alone when their plans fit the shared limits
-    together (then that is exact: the joint program only adds those limits), else the
-    joint program."""
+    """The joint optimum. Each service is solved alone first (in parallel threads: HiGHS
+    frees the GIL); when their plans fit the shared limits together that is exact, since
+    the joint program only adds those limits. Otherwise the joint program, told what the
+    separate solves proved — each service's cost alone is a lower bound on its cost in the
+    joint plan — and started from the cheapest combination of known plans that fits."""
     if len(problems) == 1:
         return solve(problems, offers)
     with ThreadPoolExecutor(max_workers=min(len(problems), os.cpu_count() or 1)) as pool:
-        alone = list(pool.map(lambda p: solve([p], offers), problems))  # HiGHS frees the GIL
-    if any(a is None for a in alone):
-        return None
+        alone = list(pool.map(lambda p: solve([p], offers), problems))
     parts = [a for a in alone if a is not None]
-    fits = all(
-        o.max_count is None
-        or sum(
-            a.services[p.name].on_demand[o.name] + a.services[p.name].spot[o.name]
-            for a, p in zip(parts, problems, strict=True)
+    if len(parts) < len(problems):
+        return None
+    plans = [a.services[p.name] for a, p in zip(parts, problems, strict=True)]
+    if _fits(plans, offers):
+        return Solution(
+            services={p.name: plan for p, plan in zip(problems, plans, strict=True)},
+            cost=sum(a.cost for a in parts),
+            optimal=all(a.optimal for a in parts),
+            solve_ms=max(a.solve_ms for a in parts),
         )
-        <= o.max_count
+    start = _cheapest_fitting_combination(problems, plans, offers)
+    bounds = [a.cost if a.optimal else None for a in parts]
+    return solve(problems, offers, lower_bounds=bounds, start=start)
+
+
+def _fits(plans: Sequence[ServiceSolution], offers: Sequence[Offer]) -> bool:
+    return all(
+        o.max_count is None
+        or sum(p.on_demand[o.name] + p.spot[o.name] for p in plans) <= o.max_count
         for o in offers
     )
-    if not fits:
-        return solve(problems, offers)
-    return Solution(
-        services={p.name: a.services[p.name] for a, p in zip(parts, problems, strict=True)},
-        cost=sum(a.cost for a in parts),
-        optimal=all(a.optimal for a in parts),
-        solve_ms=max(a.solve_ms for a in parts),
-    )
+
+
+def _cheapest_fitting_combination(
+    problems: Sequence[ServiceProblem],
+    alone: Sequence[ServiceSolution],
+    offers: Sequence[Offer],
+    max_nodes: int = 20_000,
+) -> list[ServiceSolution] | None:
+    """One plan per service — its plan alone, its greedy plan, or one type alone — that
+    together fit the limits, the cheapest found (a depth-first search, cut off after
+    `max_nodes`); None when none fits."""
+    options = []
+    for problem, own in zip(problems, alone, strict=True):
+        known = [own, greedy_plan(problem, offers)]
+        known += [single_type_plan(problem, offers, g) for g in range(len(offers))]
+        options.append(sorted((k for k in known if k is not None), key=lambda k: k.cost))
+    limited = [g for g, o in enumerate(offers) if o.max_count is not None]
+    usage = [
+        [[k.on_demand[offers[g].name] + k.spot[offers[g].name] for g in limited] for k in opts]
+        for opts in options
+    ]
+    cheapest_rest = [sum(opts[0].cost for opts in options[i:]) for i in range(len(options) + 1)]
+    best: list[ServiceSolution] | None = None
+    best_cost = math.inf
+    chosen: list[int] = []
+    left = [offers[g].max_count or 0 for g in limited]
+    nodes = 0
+
+    def search(i: int, cost: float) -> None:
+        nonlocal best, best_cost, nodes
+        if i == len(options):
+            best, best_cost = [options[s][k] for s, k in enumerate(chosen)], cost
+            return
+        for k, option in enumerate(options[i]):
+            nodes += 1
+            if nodes > max_nodes or cost + option.cost + cheapest_rest[i + 1] >= best_cost:
+                return  # options are sorted by cost: the rest are no better
+            need = usage[i][k]
+            if any(n > room for n, room in zip(need, left, strict=True)):
+                continue
+            for j, n in enumerate(need):
+                left[j] -= n
+            chosen.append(k)
+            search(i + 1, cost + option.cost)
+            chosen.pop()
+            for j, n in enumerate(need):
+                left[j] += n
+
+    search(0, 0.0)
+    return best
 
 
 def _problem(svc: ServiceSpec, catalog: Sequence[GPUType]) -> ServiceProblem:
