@@ -1,4 +1,4 @@
-"""The Mélange integer program, extended, on plain numbers; solved with HiGHS (scipy.milp).
+"""The Mélange integer program, extended, on plain numbers; solved with HiGHS (highspy).
 
 For each service s, bucket b (rate r_b > 0) and GPU type g with T_g[b] > 0, an integer
 n_{s,b,g} ∈ {0..S_s} counts the slices of b served by g; y_{s,g} (on-demand) and z_{s,g}
@@ -10,6 +10,7 @@ n_{s,b,g} ∈ {0..S_s} counts the slices of b served by g; y_{s,g} (on-demand) a
                Σ_s (y_{s,g} + z_{s,g}) ≤ max_count_g                 availability (shared)
                Σ_g (y_{s,g} + z_{s,g}) ≥ min_replicas_s              minimum replicas
                Σ_g z_{s,g} ≤ share_s · Σ_g (y_{s,g} + z_{s,g})       spot cap (instance count)
+               y_{s,g} + z_{s,g} ≤ max(min_replicas_s, ⌈Σ_b r_b/T_g[b]⌉)   (see `solve`)
                Σ_g ρ_g·(y_{s,g} + z_{s,g}) ≥ D_s                      (valid; see _aggregate_rows)
 
 (Internally x = y + z and z ≤ x are the variables: see `solve`.) Integer slice counts
@@ -32,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,8 +79,7 @@ class ServiceSolution:
     cost: float = 0.0
 
 
-@dataclass(frozen=True)
-class _Layout:
+class _Layout(NamedTuple):
     """A service's columns: n[(b, g)] slices, x[g] instances, z[g] spot ones (-1: none),
     `totals` = (N, K) when the spot cap is stated on them."""
 
@@ -86,9 +87,6 @@ class _Layout:
     x: list[int]
     z: list[int]
     totals: tuple[int, int] | None
-
-    def __iter__(self):
-        return iter((self.n, self.x, self.z, self.totals))
 
 
 @dataclass
@@ -148,8 +146,11 @@ def solve(
         if svc.slice_factor < 1:
             raise ValueError(f"service {svc.name}: slice factor must be ≥ 1")
         s = svc.slice_factor
-        # No optimal plan needs more instances of a type than carry every bucket it can
-        # serve, or than the minimum replica count: bounds that make the search smaller.
+        # No more instances of a type than carry every bucket it can serve, or than the
+        # minimum replica count. Without spot that cuts off no optimum and only makes the
+        # search smaller; with a spot cap it is a rule of the program: no idle on-demand
+        # instances (of any type, even one that cannot hold the model) run just to allow
+        # more spot ones.
         most = [
             max(
                 svc.min_replicas,
@@ -407,7 +408,6 @@ def _new_highs():
 
 
 _BANNER_SHOWN = False
-_EXTRA: dict = {}  # XXX experiment
 
 
 def _run_highs(
@@ -466,7 +466,6 @@ def _highs_solve(lp, matrix, relax, time_limit_s, start_values, *, presolve: boo
         # than they help (2× the time on 2 cores); the planner runs services in parallel.
         ("threads", 1),
         ("presolve", "choose" if presolve else "off"),
-        *_EXTRA.items(),
     ):
         highs.setOptionValue(option, value)
     highs.passModel(lp)
