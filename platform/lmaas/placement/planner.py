@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -189,27 +191,77 @@ def plan_services(
 def _solve_jointly(problems: Sequence[ServiceProblem], offers: Sequence[Offer]) -> Solution | None:
     """The joint optimum. Each service is solved alone first (in parallel threads: HiGHS
     frees the GIL); when their plans fit the shared limits together that is exact, since
-    the joint program only adds those limits. Otherwise the joint program, told what the
-    separate solves proved — each service's cost alone is a lower bound on its cost in the
-    joint plan — and started from the cheapest combination of known plans that fits."""
+    the joint program only adds those limits. Otherwise the joint program over the services
+    whose plans alone use a limited type — one that uses none keeps its plan alone (it is
+    no dearer than its share of any joint plan, and leaves the others more room) — told
+    what the separate solves proved (each service's cost alone bounds its cost in the joint
+    plan from below) and started from the cheapest combination of known plans that fits."""
     if len(problems) == 1:
         return solve(problems, offers)
-    with ThreadPoolExecutor(max_workers=min(len(problems), os.cpu_count() or 1)) as pool:
-        alone = list(pool.map(lambda p: solve([p], offers), problems))
-    parts = [a for a in alone if a is not None]
-    if len(parts) < len(problems):
+    began = time.perf_counter()
+    alone = _solve_each(problems, offers)
+    if any(a is None for a in alone):
         return None
+    parts = [a for a in alone if a is not None]
     plans = [a.services[p.name] for a, p in zip(parts, problems, strict=True)]
-    if _fits(plans, offers):
-        return Solution(
-            services={p.name: plan for p, plan in zip(problems, plans, strict=True)},
-            cost=sum(a.cost for a in parts),
-            optimal=all(a.optimal for a in parts),
-            solve_ms=max(a.solve_ms for a in parts),
+    if not _fits(plans, offers):
+        limited = [o.name for o in offers if o.max_count is not None]
+        joint = [
+            i
+            for i, (a, plan) in enumerate(zip(parts, plans, strict=True))
+            if not a.optimal or any(plan.on_demand[g] + plan.spot[g] for g in limited)
+        ]
+        chosen = [problems[i] for i in joint]
+        together = solve(
+            chosen,
+            offers,
+            lower_bounds=[parts[i].cost if parts[i].optimal else None for i in joint],
+            start=_cheapest_fitting_combination(chosen, [plans[i] for i in joint], offers),
         )
-    start = _cheapest_fitting_combination(problems, plans, offers)
-    bounds = [a.cost if a.optimal else None for a in parts]
-    return solve(problems, offers, lower_bounds=bounds, start=start)
+        if together is None:
+            return None
+        for i, problem in zip(joint, chosen, strict=True):
+            plans[i] = together.services[problem.name]
+            parts[i] = together
+    return Solution(
+        services={p.name: plan for p, plan in zip(problems, plans, strict=True)},
+        cost=sum(plan.cost for plan in plans),
+        optimal=all(a.optimal for a in parts),
+        solve_ms=(time.perf_counter() - began) * 1e3,
+    )
+
+
+def _solve_each(problems: Sequence[ServiceProblem], offers: Sequence[Offer]) -> list:
+    """Each service alone: the biggest programs first, one here and the rest on the worker
+    threads (HiGHS frees the GIL), so that the two finish about together."""
+    order = sorted(range(len(problems)), key=lambda i: -_size(problems[i]))
+    pool = _pool()
+    futures = {i: pool.submit(solve, [problems[i]], offers) for i in order[1:]}
+    alone = {order[0]: solve([problems[order[0]]], offers)}
+    alone.update({i: f.result() for i, f in futures.items()})
+    return [alone[i] for i in range(len(problems))]
+
+
+def _size(problem: ServiceProblem) -> int:
+    """The number of slice columns, spot counted double (its cap couples all types)."""
+    active = [b for b, r in enumerate(problem.rates) if r > 0]
+    columns = sum(1 for row in problem.throughput for b in active if row[b] > 0)
+    return columns * (2 if problem.max_spot_share > 0 else 1)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Worker threads kept for the process (a new thread costs each HiGHS solve ~4 ms to set
+    up its scheduler); made again in a forked child, where the parent's threads are gone."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = max(1, (os.cpu_count() or 1) - 1)
+            _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="placement"))
+        return _POOL[1]
 
 
 def _fits(plans: Sequence[ServiceSolution], offers: Sequence[Offer]) -> bool:
