@@ -417,6 +417,24 @@ def _meets_bounds(values: np.ndarray, lower: list[float], upper: list[float]) ->
     )
 
 
+def _default_start(svc: ServiceProblem, offers: Sequence[Offer]) -> ServiceSolution | None:
+    """The cheapest of the greedy plan and the one-type plans that fits the limits. The
+    greedy plan rounds up the instances of every type it uses (2–16× the optimum at low
+    rates); a one-type plan is mostly within 1.3×, and the solves from it are faster."""
+    known = [greedy_plan(svc, offers)]
+    known += [single_type_plan(svc, offers, g) for g in range(len(offers))]
+    fitting = [
+        k
+        for k in known
+        if k is not None
+        and all(
+            o.max_count is None or k.on_demand[o.name] + k.spot[o.name] <= o.max_count
+            for o in offers
+        )
+    ]
+    return min(fitting, key=lambda k: k.cost, default=None)
+
+
 def _start_vector(
     services: Sequence[ServiceProblem],
     offers: Sequence[Offer],
@@ -428,7 +446,7 @@ def _start_vector(
     greedy plans; None when they break a limit or do not fit the program."""
     plans = list(start) if start is not None else []
     if len(plans) != len(services) or any(p is None for p in plans):
-        plans = [greedy_plan(svc, offers) for svc in services]
+        plans = [_default_start(svc, offers) for svc in services]
     values = np.zeros(num_cols)
     used = [0] * len(offers)
     gpu = {o.name: g for g, o in enumerate(offers)}
@@ -542,6 +560,9 @@ def _highs_solve(lp, matrix, relax, time_limit_s, start_values, *, presolve: boo
         # than they help (2× the time on 2 cores); the planner runs services in parallel.
         ("threads", 1),
         ("presolve", "choose" if presolve else "off"),
+        # with a starting plan, the feasibility jump heuristic only costs time (2–3 ms of
+        # a 10 ms solve); without one it finds the first plan
+        ("mip_heuristic_run_feasibility_jump", start_values is None),
     ):
         highs.setOptionValue(option, value)
     highs.passModel(lp)
