@@ -40,7 +40,8 @@ from lmaas.placement import (  # noqa: E402
     plan_services,
 )
 from lmaas.placement.ilp import Offer, solve  # noqa: E402
-from lmaas.placement.planner import _problem, _solve_jointly  # noqa: E402
+from lmaas.placement.joint import solve_jointly  # noqa: E402
+from lmaas.placement.planner import _problem  # noqa: E402
 
 RATES = (1, 2, 4, 8, 16, 32, 64)
 SLOS_MS = (40, 120)
@@ -114,8 +115,8 @@ def solve_times(repeats: int) -> tuple[dict[str, float], dict[str, float]]:
         problems = [_problem(s, catalog) for s in services]
         if len(problems[0].buckets) != 36 or len(offers) != 7:
             raise RuntimeError("the benchmark's problem is not 6×6 buckets × 7 types")
-        joint = _solve_jointly(problems, offers)
-        alone = sum(_solve_jointly([p], offers).cost for p in problems)
+        joint = solve_jointly(problems, offers)
+        alone = sum(solve_jointly([p], offers).cost for p in problems)
         if binding != (joint.cost > alone + 1e-9):
             raise RuntimeError(f"the limits should {'' if binding else 'not '}bind")
         if binding:
@@ -137,7 +138,7 @@ def solve_times(repeats: int) -> tuple[dict[str, float], dict[str, float]]:
             )
             key = "three_services_jointly_6x6_buckets_7_types_s8"
         out_solve[key] = _median_ms(
-            lambda problems=problems, offers=offers: _solve_jointly(problems, offers), repeats, key
+            lambda problems=problems, offers=offers: solve_jointly(problems, offers), repeats, key
         )
         out_plan[key] = _median_ms(
             lambda catalog=catalog: plan_services(services, catalog), repeats
