@@ -111,23 +111,23 @@ def solve(
 
     `lower_bounds[s]`: a proven lower bound on service s's own cost (e.g. its optimum when
     planned alone), added as a row. `start[s]`: a plan for service s; when every service
-    has one and together they are feasible, the solver starts from them instead of the
-    greedy plan.
+    has one and together they are feasible, the solver starts from them instead of each
+    service's cheapest one-type or greedy plan.
     """
     if (
         len(services) == 1
         and not relax
         and lower_bounds is None
         and start is None
-        and _spot_capped(services[0], offers)
+        and _split_on_spot(services[0], offers)
     ):
         return _solve_spot_cases(services[0], offers, time_limit_s)
     return _solve(services, offers, relax, time_limit_s, lower_bounds, start)
 
 
-def _spot_capped(svc: ServiceProblem, offers: Sequence[Offer]) -> bool:
-    """A spot cap that binds at this service's scale: even on the fastest type per bucket
-    its load is under the ⌈1/share⌉ instances that one spot instance needs."""
+def _split_on_spot(svc: ServiceProblem, offers: Sequence[Offer]) -> bool:
+    """Is there a spot cap that matters at this service's scale: even on the fastest type
+    per bucket, is its load under the ⌈1/share⌉ instances that one spot instance needs?"""
     if svc.max_spot_share >= 1 or not any(_spot_allowed(svc, o) for o in offers):
         return False
     fastest = [max(row[b] for row in svc.throughput) for b in range(len(svc.rates))]
