@@ -3,11 +3,12 @@
 Writes bench/results/placement.json:
 
 - ``solve_ms``: median time of the integer program (built and solved by HiGHS) for one
-  service (6×6 buckets × 7 GPU types × slice factor 8), for one with a spot share, and
-  for 3 such services planned jointly under shared availability limits — limits their
-  separate plans fit (the usual case: solved service by service, which is exact then)
-  and limits that bind (one joint program); ``plan_ms``: the same end to end through
-  `plan_services` (T_g[b] from the roofline, the program, LP bounds, single-type costs).
+  service (6×6 buckets × 7 GPU types × slice factor 8), for one with a spot share (two
+  programs: some spot, none), and for 3 such services planned jointly under shared
+  availability limits — limits their separate plans fit (the usual case: solved service
+  by service, which is exact then) and limits that bind (the services alone, then one
+  joint program); ``plan_ms``: the same end to end through `plan_services` (T_g[b] from
+  the roofline, the programs, LP bounds, single-type costs).
 - ``savings``: for a short-chat and a long-document workload of Llama-2-7B, TPOT SLOs of
   40 and 120 ms and rates 1–64 req/s, the plan's cost and every single type's cost, all
   T_g[b] from the roofline model (no measured profiles), default catalog, on-demand.
