@@ -430,3 +430,37 @@ def test_the_plan_is_the_one_the_solver_proved_optimal() -> None:
     assert plan.cost_per_hour == pytest.approx(10.0)
     assert plan.counts == {"g0": 0, "g1": 0, "g2": 10}
     assert plan.optimal
+
+
+def test_planning_works_where_highs_already_runs_with_more_threads() -> None:
+    """HiGHS keeps one scheduler per thread and refuses a solve that asks for another
+    thread count; the planner asks for one thread and must cope with a thread where
+    other code started HiGHS with two (a thread of its own here, not to touch the rest)."""
+    import threading
+
+    import highspy
+    import numpy as np
+
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        other = highspy.Highs()
+        other.setOptionValue("output_flag", False)
+        other.setOptionValue("threads", 2)
+        other.addVar(0.0, 1.0)
+        other.changeColsIntegrality(1, np.array([0]), np.array([highspy.HighsVarType.kInteger]))
+        other.run()
+        outcome["other"] = other.getModelStatus()
+        try:
+            outcome["plan"] = _toy()
+        except Exception as exc:  # reported below, in the test thread
+            outcome["plan"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert outcome["other"] == highspy.HighsModelStatus.kOptimal
+    plan = outcome["plan"]
+    assert not isinstance(plan, Exception), plan
+    assert plan.counts == {"A10G": 3, "A100-80GB": 1}
+    assert plan.cost_per_hour == pytest.approx(6.70)
