@@ -442,8 +442,8 @@ def _start_vector(
     num_cols: int,
     start: Sequence[ServiceSolution | None] | None,
 ) -> np.ndarray | None:
-    """The solver's starting point: the given plans when every service has one, else the
-    greedy plans; None when they break a limit or do not fit the program."""
+    """The solver's starting point: the given plans when every service has one, else each
+    service's `_default_start`; None when they break a limit or do not fit the program."""
     plans = list(start) if start is not None else []
     if len(plans) != len(services) or any(p is None for p in plans):
         plans = [_default_start(svc, offers) for svc in services]
