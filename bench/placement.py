@@ -3,11 +3,12 @@
 Writes bench/results/placement.json:
 
 - ``solve_ms``: median time of the integer program (built and solved by HiGHS) for one
-  service (6×6 buckets × 7 GPU types × slice factor 8), for one with a spot share, and
-  for 3 such services planned jointly under shared availability limits — limits their
-  separate plans fit (the usual case: solved service by service, which is exact then)
-  and limits that bind (one joint program); ``plan_ms``: the same end to end through
-  `plan_services` (T_g[b] from the roofline, the program, LP bounds, single-type costs).
+  service (6×6 buckets × 7 GPU types × slice factor 8), for one with a spot share (two
+  programs: some spot, none), and for 3 such services planned jointly under shared
+  availability limits — limits their separate plans fit (the usual case: solved service
+  by service, which is exact then) and limits that bind (the services alone, then one
+  joint program); ``plan_ms``: the same end to end through `plan_services` (T_g[b] from
+  the roofline, the programs, LP bounds, single-type costs).
 - ``savings``: for a short-chat and a long-document workload of Llama-2-7B, TPOT SLOs of
   40 and 120 ms and rates 1–64 req/s, the plan's cost and every single type's cost, all
   T_g[b] from the roofline model (no measured profiles), default catalog, on-demand.
@@ -40,7 +41,8 @@ from lmaas.placement import (  # noqa: E402
     plan_services,
 )
 from lmaas.placement.ilp import Offer, solve  # noqa: E402
-from lmaas.placement.planner import _problem, _solve_jointly  # noqa: E402
+from lmaas.placement.joint import solve_jointly  # noqa: E402
+from lmaas.placement.planner import _problem  # noqa: E402
 
 RATES = (1, 2, 4, 8, 16, 32, 64)
 SLOS_MS = (40, 120)
@@ -114,8 +116,8 @@ def solve_times(repeats: int) -> tuple[dict[str, float], dict[str, float]]:
         problems = [_problem(s, catalog) for s in services]
         if len(problems[0].buckets) != 36 or len(offers) != 7:
             raise RuntimeError("the benchmark's problem is not 6×6 buckets × 7 types")
-        joint = _solve_jointly(problems, offers)
-        alone = sum(_solve_jointly([p], offers).cost for p in problems)
+        joint = solve_jointly(problems, offers)
+        alone = sum(solve_jointly([p], offers).cost for p in problems)
         if binding != (joint.cost > alone + 1e-9):
             raise RuntimeError(f"the limits should {'' if binding else 'not '}bind")
         if binding:
@@ -137,7 +139,7 @@ def solve_times(repeats: int) -> tuple[dict[str, float], dict[str, float]]:
             )
             key = "three_services_jointly_6x6_buckets_7_types_s8"
         out_solve[key] = _median_ms(
-            lambda problems=problems, offers=offers: _solve_jointly(problems, offers), repeats, key
+            lambda problems=problems, offers=offers: solve_jointly(problems, offers), repeats, key
         )
         out_plan[key] = _median_ms(
             lambda catalog=catalog: plan_services(services, catalog), repeats

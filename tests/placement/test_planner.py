@@ -382,28 +382,85 @@ def test_a_type_with_neither_profile_nor_figures_is_named_in_the_error() -> None
         plan_service(model=LLAMA, workload=Workload.short_chat(1), slo=SLO_120, gpu_types=[mystery])
 
 
-def test_a_bucket_with_a_vanishing_share_costs_nothing() -> None:
-    """Found by the property test above: a share of 1e-38 made the solver pick a $2 type
-    where a $1 type carries the whole load alone."""
+def _plan_on_types(
+    shares: list[float], tputs: dict[str, tuple[float, ...]], prices: list[float], rate: float
+):
+    """One service, slice factor 1, on types g0, g1… with these prices and T_g[b]."""
     buckets = [
         Bucket(input_tokens=(10 * i, 10 * i + 10), output_tokens=(0, 10), share=share)
-        for i, share in enumerate([0.0, 1.1754943508222875e-38, 1.0])
+        for i, share in enumerate(shares)
     ]
     types = [
-        GPUType(name=name, price_per_hour=price, memory_gib=80)
-        for name, price in [("g0", 2.0), ("g1", 1.0), ("g2", 1.0)]
+        GPUType(name=f"g{k}", price_per_hour=price, memory_gib=80) for k, price in enumerate(prices)
     ]
     profiles = ProfileSet()
-    for name, tputs in {"g0": (1, 1, 4), "g1": (1, 1, 1), "g2": (1, 1, 2)}.items():
-        for bucket, t in zip(buckets, tputs, strict=True):
+    for name, row in tputs.items():
+        for bucket, t in zip(buckets, row, strict=True):
             profiles.set(name, bucket, float(t), "imported")
-    plan = plan_service(
+    return plan_service(
         model=None,
-        workload=Workload(rate=2.0, buckets=buckets),
+        workload=Workload(rate=rate, buckets=buckets),
         slo=None,
         gpu_types=types,
         profiles=profiles,
         slice_factor=1,
     )
+
+
+def test_a_bucket_with_a_vanishing_share_costs_nothing() -> None:
+    """Found by the property test above: a share of 1e-38 made the solver pick a $2 type
+    where a $1 type carries the whole load alone."""
+    plan = _plan_on_types(
+        [0.0, 1.1754943508222875e-38, 1.0],
+        {"g0": (1, 1, 4), "g1": (1, 1, 1), "g2": (1, 1, 2)},
+        [2.0, 1.0, 1.0],
+        rate=2.0,
+    )
     assert plan.cost_per_hour == pytest.approx(1.0)
     assert plan.counts["g2"] == 1
+
+
+def test_the_plan_is_the_one_the_solver_proved_optimal() -> None:
+    """Found by the property test above: HiGHS's presolve (probing) handed back a plan of
+    $11 (one g1, nine g2) for a program it had solved at $10 (ten g2). The planner checks
+    the plan against the proven bound and solves again without presolve when they differ."""
+    plan = _plan_on_types(
+        [1 / 9, 8 / 9], {"g0": (1, 0), "g1": (3, 0), "g2": (1, 1)}, [1.0, 2.0, 1.0], rate=10.0
+    )
+    assert plan.cost_per_hour == pytest.approx(10.0)
+    assert plan.counts == {"g0": 0, "g1": 0, "g2": 10}
+    assert plan.optimal
+
+
+def test_planning_works_where_highs_already_runs_with_more_threads() -> None:
+    """HiGHS keeps one scheduler per thread and refuses a solve that asks for another
+    thread count; the planner asks for one thread and must cope with a thread where
+    other code started HiGHS with two (a thread of its own here, not to touch the rest)."""
+    import threading
+
+    import highspy
+    import numpy as np
+
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        other = highspy.Highs()
+        other.setOptionValue("output_flag", False)
+        other.setOptionValue("threads", 2)
+        other.addVar(0.0, 1.0)
+        other.changeColsIntegrality(1, np.array([0]), np.array([highspy.HighsVarType.kInteger]))
+        other.run()
+        outcome["other"] = other.getModelStatus()
+        try:
+            outcome["plan"] = _toy()
+        except Exception as exc:  # reported below, in the test thread
+            outcome["plan"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert outcome["other"] == highspy.HighsModelStatus.kOptimal
+    plan = outcome["plan"]
+    assert not isinstance(plan, Exception), plan
+    assert plan.counts == {"A10G": 3, "A100-80GB": 1}
+    assert plan.cost_per_hour == pytest.approx(6.70)

@@ -2,7 +2,8 @@
 
 The library parts: `catalog` (GPU types and prices), `workload` (request-size buckets),
 `profiles` (T_g[b] tables, Mélange JSON import), `roofline` (a performance model that fills
-unmeasured buckets), `ilp` (the integer program, HiGHS), `planner` (`plan_service`,
+unmeasured buckets), `ilp` (the integer program, HiGHS), `joint` (several services: alone
+in parallel, jointly where shared limits bind), `planner` (`plan_service`,
 `plan_services`), `replan` (live re-planning with hysteresis), `metrics` (workloads from the
 gateway's Prometheus metrics) and `profiler` (`lmaas profile`: measuring T_g[b] for real).
 

@@ -11,14 +11,13 @@ Every failure is a `PlacementInfeasible` naming the constraint.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmaas.placement.catalog import GPUType, default_catalog, fits_model
-from lmaas.placement.ilp import Offer, ServiceProblem, Solution, solve
+from lmaas.placement.ilp import Offer, ServiceProblem, solve
+from lmaas.placement.joint import solve_jointly
 from lmaas.placement.profiles import ProfileSet, complete_profiles
 from lmaas.placement.specs import GIB, SLO, ModelSpec
 from lmaas.placement.workload import Workload
@@ -139,7 +138,7 @@ def plan_services(
     problems = [_problem(svc, catalog) for svc in services]
     for svc in services:
         _check_min_replicas(svc, offers)
-    solution = _solve_jointly(problems, offers)
+    solution = solve_jointly(problems, offers)
     if solution is None:
         raise _explain_infeasible(services, problems, offers)
     plans = {}
@@ -176,36 +175,6 @@ def plan_services(
             solve_ms=round(solution.solve_ms, 3),
         )
     return plans
-
-
-def _solve_jointly(problems: Sequence[ServiceProblem], offers: Sequence[Offer]) -> Solution | None:
-    """The joint optimum: each service alone when their plans fit the shared limits
-    together (then that is exact: the joint program only adds those limits), else the
-    joint program."""
-    if len(problems) == 1:
-        return solve(problems, offers)
-    with ThreadPoolExecutor(max_workers=min(len(problems), os.cpu_count() or 1)) as pool:
-        alone = list(pool.map(lambda p: solve([p], offers), problems))  # HiGHS frees the GIL
-    if any(a is None for a in alone):
-        return None
-    parts = [a for a in alone if a is not None]
-    fits = all(
-        o.max_count is None
-        or sum(
-            a.services[p.name].on_demand[o.name] + a.services[p.name].spot[o.name]
-            for a, p in zip(parts, problems, strict=True)
-        )
-        <= o.max_count
-        for o in offers
-    )
-    if not fits:
-        return solve(problems, offers)
-    return Solution(
-        services={p.name: a.services[p.name] for a, p in zip(parts, problems, strict=True)},
-        cost=sum(a.cost for a in parts),
-        optimal=all(a.optimal for a in parts),
-        solve_ms=max(a.solve_ms for a in parts),
-    )
 
 
 def _problem(svc: ServiceSpec, catalog: Sequence[GPUType]) -> ServiceProblem:

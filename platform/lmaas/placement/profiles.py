@@ -57,14 +57,16 @@ class ProfileSet(BaseModel):
         return self.throughput.get(gpu, {}).get(bucket)
 
     def set(self, gpu: str, bucket: Bucket, value: float, source: Source) -> None:
+        name = bucket.name
         if value < 0:
-            raise ValueError(f"throughput of {gpu} on {bucket.name} is negative: {value}")
-        if bucket.name not in self.throughput.get(gpu, {}) and all(
-            b.name != bucket.name for b in self.buckets
+            raise ValueError(f"throughput of {gpu} on {name} is negative: {value}")
+        ranges = (bucket.input_tokens, bucket.output_tokens)  # what the name is made of
+        if name not in self.throughput.get(gpu, {}) and all(
+            (b.input_tokens, b.output_tokens) != ranges for b in self.buckets
         ):
             self.buckets.append(bucket.model_copy(update={"share": 0.0}))
-        self.throughput.setdefault(gpu, {})[bucket.name] = value
-        self.source.setdefault(gpu, {})[bucket.name] = source
+        self.throughput.setdefault(gpu, {})[name] = value
+        self.source.setdefault(gpu, {})[name] = source
 
     def points(self, gpu: str) -> list[MeasuredPoint]:
         """The entries of `gpu` that were not produced by the model."""

@@ -25,6 +25,7 @@ geometric mean of the fitted ones (the efficiencies belong mostly to the engine)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -76,7 +77,14 @@ class RooflineModel:
 
     def throughput(self, gpu: GPUType, bucket: Bucket, slo: SLO) -> float:
         """Highest request rate (req/s) one `gpu` sustains on `bucket` under `slo`; 0 = never."""
-        return _throughput(self.model, gpu, bucket, slo, self.efficiency_for(gpu))
+        return _remembered_throughput(
+            self.model,
+            gpu,
+            bucket.input_tokens,
+            bucket.output_tokens,
+            slo,
+            self.efficiency_for(gpu),
+        )
 
     def table(self, gpu: GPUType, buckets: Sequence[Bucket], slo: SLO) -> dict[str, float]:
         return {b.name: self.throughput(gpu, b, slo) for b in buckets}
@@ -116,6 +124,21 @@ class RooflineModel:
         bandwidth = math.exp(sum(math.log(e.bandwidth) for e in per_gpu.values()) / len(per_gpu))
         default = self.efficiency.model_copy(update={"compute": compute, "bandwidth": bandwidth})
         return RooflineModel(self.model, default, per_gpu)
+
+
+@functools.lru_cache(maxsize=8192)
+def _remembered_throughput(
+    model: ModelSpec,
+    gpu: GPUType,
+    input_tokens: tuple[int, int],
+    output_tokens: tuple[int, int],
+    slo: SLO,
+    eff: Efficiency,
+) -> float:
+    """`_throughput` of a pure function's arguments, kept: a planner re-plans the same model,
+    types and buckets again and again, and each value costs a 60-step bisection."""
+    bucket = Bucket(input_tokens=input_tokens, output_tokens=output_tokens)
+    return _throughput(model, gpu, bucket, slo, eff)
 
 
 def _throughput(model: ModelSpec, gpu: GPUType, bucket: Bucket, slo: SLO, eff: Efficiency) -> float:
