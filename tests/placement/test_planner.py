@@ -307,6 +307,19 @@ def test_min_replicas_are_kept_even_without_traffic() -> None:
     assert idle.buckets_by_type["T4"]  # every bucket still has somewhere to go
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.5, 8.0])
+def test_min_replicas_are_never_met_by_a_type_that_cannot_hold_the_model(rate: float) -> None:
+    # llama-2-13b does not fit a T4, L4 or A10G: the cheap T4 must not pad the replica count
+    plan = plan_service(
+        model=model_by_name("llama-2-13b"),
+        workload=Workload.short_chat(rate),
+        slo=SLO_120,
+        min_replicas=3,
+    )
+    assert plan.num_instances >= 3
+    assert all(plan.counts[small] == 0 for small in ("T4", "L4", "A10G"))
+
+
 def test_no_traffic_plans_zero_instances() -> None:
     plan = plan_service(model=LLAMA, workload=Workload.short_chat(0), slo=SLO_120)
     assert plan.num_instances == 0

@@ -81,12 +81,13 @@ def _reference_cost(services: list[ServiceSpec], types: list[GPUType]) -> float 
                     load[k][col] = rate / s / t
             row(served, s, s)
         instances = []
-        for k in range(len(types)):
+        for k, g in enumerate(types):
             mine = {y[k]: -1.0} | ({z[k]: -1.0} if z[k] is not None else {})
             row(load[k] | mine, -np.inf, 0.0)
             # the rule above: no more instances than carry everything this type can serve
             carry = s * sum(load[k].values())
-            most = max(svc.min_replicas, math.ceil(carry - 1e-9))
+            holds = any((svc.profiles.get(g.name, b.name) or 0.0) > 0 for b in svc.workload.buckets)
+            most = max(svc.min_replicas if holds else 0, math.ceil(carry - 1e-9))
             row(dict.fromkeys(mine, 1.0), -np.inf, most)
             instances += [y[k]] + ([z[k]] if z[k] is not None else [])
             per_type[k] += [y[k]] + ([z[k]] if z[k] is not None else [])

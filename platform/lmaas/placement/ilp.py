@@ -208,9 +208,11 @@ def _solve(
         # search smaller; with a spot cap it is a rule of the program: no idle on-demand
         # instances (of any type, even one that cannot hold the model) run just to allow
         # more spot ones.
+        # A type that serves no bucket (it cannot hold the model) gets no instances: not
+        # even towards the minimum replica count.
         most = [
             max(
-                svc.min_replicas,
+                svc.min_replicas if any(t > 0 for t in svc.throughput[g]) else 0,
                 math.ceil(
                     sum(
                         r / s_t
@@ -357,7 +359,8 @@ def greedy_plan(svc: ServiceProblem, offers: Sequence[Offer]) -> ServiceSolution
     counts = [math.ceil(v - 1e-9) for v in load]
     missing = svc.min_replicas - sum(counts)
     if missing > 0:
-        cheapest = min(range(len(offers)), key=lambda g: offers[g].price)
+        hosts = [g for g in range(len(offers)) if any(t > 0 for t in svc.throughput[g])]
+        cheapest = min(hosts, key=lambda g: offers[g].price)
         counts[cheapest] += missing
     return _with_spot(svc, offers, counts, slices)
 
