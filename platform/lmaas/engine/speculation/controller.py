@@ -7,8 +7,9 @@ that the controller keeps
 
 - per-position acceptance rates per request, over (tenant, adapter) priors
   (`acceptance.py`), giving E_i(k) = 1 + a_1 + a_1·a_2 + … tokens per verification;
-- a step-time model T(k_1..k_n) fitted online (`step_time.py`), linear in the batched
-  tokens, prefill tokens, context tokens and the draft's sequential steps and tokens.
+- a step-time model T(k_1..k_n) fitted online (`step_time.py`), linear in the number of
+  decoding requests, the proposed tokens Σk_i, prefill and context tokens and the draft's
+  sequential passes max k_i.
 
 and chooses k to maximise the predicted goodput ΣE_i(k_i) / T(k). Per request, under a
 shared maximum: for each level m = 0..max_k of the shared draft depth (the draft model
@@ -16,7 +17,8 @@ runs max k_i sequential passes whoever asked for them), the increments "request 
 proposes its j-th token" (j ≤ m) all cost the same, so they are taken greedily by
 marginal gain a_i1⋯a_ij while that gain per cost beats the current goodput (which is
 exactly when adding it raises the ratio) and fits the step's token budget; the best level
-wins. Speculation must beat k = 0 for everyone by `margin` (×1.1), else nobody speculates.
+wins. Speculation must beat k = 0 for everyone by `margin` (×1.02: a hedge against the
+models' errors, not a second objective), else nobody speculates.
 Decisions are kept for `redecide_every` steps while the batch (and what the proposer can
 offer) stays the same. `fixed:K` requests always get K (capped by what was proposed);
 `off` requests 0. Until the step-time model has a few steps, one or two requests at a
@@ -87,7 +89,7 @@ class SmartSpecController:
         *,
         max_k: int,
         proposer: Literal["draft", "ngram"] = "draft",
-        margin: float = 1.1,
+        margin: float = 1.02,
         redecide_every: int = 4,
         step_model: StepTimeModel | None = None,
         priors: AcceptancePriors | None = None,
@@ -144,11 +146,11 @@ class SmartSpecController:
         """The step-time features of running `requests` with proposals `ks`."""
         draft = self.proposer == "draft"
         return StepFeatures(
-            batched_tokens=sum(ks) + len(ks),
+            sequences=len(ks),
+            proposed_tokens=sum(ks),
             context_tokens=sum(r.context_len for r in requests),
             prefill_tokens=prefill_tokens,
             draft_steps=max(ks, default=0) if draft else 0,
-            draft_tokens=sum(ks) if draft else 0,
         )
 
     def plan(
@@ -235,17 +237,17 @@ class SmartSpecController:
         token_budget: int | None,
     ) -> list[int]:
         """Greedy marginal-gain allocation per shared level; the best level, or all zeros."""
-        c0, c_tok, c_pre, c_ctx, c_dstep, c_dtok = (float(v) for v in self.step_model.theta())
+        c0, c_seq, c_prop, c_pre, c_ctx, c_dstep = (float(v) for v in self.step_model.theta())
         if self.proposer != "draft":
-            c_dstep = c_dtok = 0.0
+            c_dstep = 0.0
         fixed_sum = sum(fixed_ks)
         fixed_max = max(fixed_ks, default=0)
         base_time = (
             c0
-            + c_tok * (len(requests) + fixed_sum)
+            + c_seq * len(requests)
+            + c_prop * fixed_sum
             + c_pre * prefill_tokens
             + c_ctx * sum(r.context_len for r in requests)
-            + c_dtok * fixed_sum
         )
         smart_set = set(smart)
         base_tokens = float(len(requests)) + sum(
@@ -254,7 +256,7 @@ class SmartSpecController:
             if i not in smart_set and fixed_ks[i]
         )
         room = None if token_budget is None else token_budget - len(requests) - fixed_sum
-        increment_cost = c_tok + c_dtok
+        increment_cost = c_prop
         rates = {i: self._estimators[requests[i].request_id].rates(caps[i]) for i in smart}
         # Marginal gain of request i's j-th proposal: a_i1⋯a_ij (non-increasing in j).
         gains: list[tuple[float, int, int]] = []
