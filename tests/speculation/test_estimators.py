@@ -91,6 +91,33 @@ def test_estimator_learns_per_position_rates_with_censoring() -> None:
         assert g == pytest.approx(t, abs=0.05)
 
 
+def test_all_or_nothing_acceptance_keeps_deep_positions_high() -> None:
+    """Prompt lookup on grounded text: a verification is mostly all or nothing (conditional
+    rates ≈ 0.5, 0.8, 0.9, 0.9, 0.95). A request whose first proposals keep failing gets a
+    low a_1, but its deeper positions keep its tenant's (high) rates there, not its own
+    pooled rate: once a proposal is accepted the next ones likely are too."""
+    rng = random.Random(4)
+    true = [0.5, 0.8, 0.9, 0.92, 0.96]
+    priors = AcceptancePriors()
+    for _request in range(40):  # the tenant's traffic so far
+        other = AcceptanceEstimator(priors, "acme")
+        for _ in range(10):
+            priors.advance()
+            accepted = 0
+            while accepted < 5 and rng.random() < true[accepted]:
+                accepted += 1
+            other.observe(5, accepted)
+    unlucky = AcceptanceEstimator(priors, "acme")
+    for _ in range(4):
+        priors.advance()
+        unlucky.observe(5, 0)
+    rates = unlucky.rates(5)
+    assert rates[0] < 0.3
+    assert min(rates[1:]) > 0.7
+    assert rates[1] < rates[2] < rates[4]
+    assert unlucky.pooled() < 0.45  # what positions 2–5 used to lean on
+
+
 def test_estimator_follows_drift() -> None:
     priors = AcceptancePriors()
     est = AcceptanceEstimator(priors, "k")

@@ -9,11 +9,13 @@ tokens in the same step (chunked prefill), `Σctx_i` the context tokens attended
 only for a draft-model proposer — `max k_i` its sequential draft passes. Prompt lookup
 costs ~nothing to propose, so its draft-steps feature is zero.
 
-Why `n` and `Σk` are separate features: an earlier model had one "batched tokens" Σ(k_i+1)
-feature, so every proposal was charged what a whole extra request costs. Measured on the
-default model on 2 CPU cores, a request costs ≈ 3–4 ms of a ≈ 25 ms step and a verified
-proposal ≈ 0.3 ms (the step is bound by per-layer and per-sequence overheads, not FLOPs):
-the lumped model over-charged proposals ~7× and SmartSpec under-speculated.
+Why `n` and `Σk` are separate features (an earlier model had one "batched tokens"
+Σ(k_i+1) feature): a request and a proposal are different work — a request brings its
+sampling, its KV reads and its bookkeeping, a proposal one more query row over KV already
+read — and where the two differ (a GPU, a long context) one coefficient for both
+mis-charges one of them. (Measured on the default model with one
+CPU thread, quiet machine: c0 ≈ 24 ms, ≈ 0.85 ms per request and ≈ 0.85 ms per proposal,
+so here the two happen to cost the same.)
 
 Fit: exponentially weighted least squares (forgetting λ = 0.99 per step, ~100 steps of
 memory) with a ridge that does NOT decay: (Σλ^age·w·xxᵀ + diag(ρ·s²))θ = Σλ^age·w·x·y,
@@ -25,8 +27,8 @@ proportion to the batch (everyone at the same k) the data can hardly tell the tw
 apart and the prior leans the split towards the requests; where the verified tokens do
 cost (a GPU at a large batch), steps at different k outweigh half a pseudo-step quickly.
 (A stronger prior is not free: when the controller then keeps one k for every step, the
-cost of the k it never tries is an extrapolation that the prior, not data, decides.) The ridge also
-keeps directions the recent batches did not excite (e.g. draft cost while nobody
+cost of the k it never tries is an extrapolation that the prior, not data, decides.)
+The ridge also keeps directions the recent batches did not excite (e.g. draft cost while nobody
 speculated) from drifting to nonsense — the covariance wind-up of plain RLS with
 forgetting — and pulls them slowly back to 0, which makes the controller re-try
 speculation from time to time. Robustness to the first steps (lazy initialisation,
