@@ -108,7 +108,7 @@ def _fitted(cost: TrueCost, *, proposer: str, max_k: int = 5, steps: int = 300):
     import random
 
     rng = random.Random(5)
-    ctl = SmartSpecController(max_k=max_k, proposer=proposer)  # type: ignore[arg-type]
+    ctl = SmartSpecController(max_k=max_k, proposer=proposer, redecide_every=1)  # type: ignore[arg-type]
     for _ in range(steps):
         n = rng.randint(1, 10)
         ks = [rng.randint(0, max_k) for _ in range(n)]
@@ -154,6 +154,40 @@ def test_flat_step_time_proposes_even_at_modest_acceptance() -> None:
 def test_steep_step_time_and_low_acceptance_propose_nothing() -> None:
     ctl = _fitted(STEEP, proposer="draft")
     assert _choice(ctl, 0.1, n=8) == [0] * 8
+
+
+def test_a_long_draft_catch_up_is_worth_it_only_for_good_acceptance() -> None:
+    """A draft pass costs ~4 ms and catching a request's draft cache up ~0.1 ms a token
+    (it has not seen the request's 300-token prompt yet): at 25% acceptance that is not
+    worth it, once caught up it is, and at 90% it is worth it either way."""
+    cost = TrueCost(c0=0.024, c_seq=0.001, c_tok=0.0003, c_dstep=0.004, noise=0.02)
+    ctl = SmartSpecController(max_k=5, proposer="draft", redecide_every=1)
+    import random
+
+    rng = random.Random(2)
+    for _ in range(300):
+        n = rng.randint(1, 6)
+        ks = [rng.randint(0, 5) for _ in range(n)]
+        lags = [rng.choice([0, 0, 0, rng.randint(1, 400)]) for _ in range(n)]
+        batch = [SpecRequest(i, 200, draft_catch_up=lag) for i, lag in enumerate(lags)]
+        f = ctl.features(batch, ks)
+        ctl.observe_step(f, cost.seconds(f, rng) + 0.0001 * f.draft_catch_up_tokens)
+    assert ctl.step_model.coefficients["draft_catch_up_tokens"] == pytest.approx(1e-4, rel=0.3)
+
+    def choice(alpha: float, lag: int) -> list[int]:
+        rid = f"{alpha}-{lag}"
+        batch = [SpecRequest(rid, 200, tenant_id=f"{alpha}", draft_catch_up=lag)]
+        ctl.plan(batch)
+        for m in range(40):
+            accepted = 0
+            while accepted < 5 and (m * 7 + accepted * 13) % 100 < alpha * 100:
+                accepted += 1
+            ctl.observe_verification(rid, 5, accepted)
+        return ctl.plan(batch).ks
+
+    assert choice(0.25, lag=300) == [0]
+    assert choice(0.25, lag=0)[0] >= 1
+    assert choice(0.9, lag=300)[0] >= 3
 
 
 def test_lumping_requests_and_proposals_would_under_speculate() -> None:

@@ -164,11 +164,12 @@ def _features(rng: random.Random) -> StepFeatures:
         context_tokens=sum(rng.randint(10, 2000) for _ in range(batch)),
         prefill_tokens=rng.choice([0, 0, 0, rng.randint(1, 512)]),
         draft_steps=max(ks),
+        draft_catch_up_tokens=rng.choice([0, 0, rng.randint(1, 400)]) if any(ks) else 0,
     )
 
 
-# constant, sequences, proposed tokens, prefill tokens, context tokens, draft steps
-TRUE = (0.008, 0.0002, 0.00023, 0.00005, 0.0000004, 0.0015)
+# constant, sequences, proposed tokens, prefill tokens, context tokens, draft steps, catch-up
+TRUE = (0.008, 0.0002, 0.00023, 0.00005, 0.0000004, 0.0015, 0.00004)
 
 
 def _true_seconds(f: StepFeatures) -> float:
@@ -189,6 +190,7 @@ def test_step_model_recovers_the_coefficients() -> None:
     # Σk ≈ 2n in these steps, so the data barely split the two costs: the "flat in tokens"
     # prior leans the proposals' share towards 0, never the other way.
     assert 0.5 * TRUE[2] <= coef["proposed_tokens"] <= 1.1 * TRUE[2]
+    assert coef["draft_catch_up_tokens"] == pytest.approx(TRUE[6], rel=0.2)
     assert all(v >= 0 for v in coef.values())
 
 

@@ -198,6 +198,7 @@ class Speculator:
             found = self.proposer.propose(views, [min(self.max_k, m) for m in limits])
             looked_up = found.token_ids
             limits = [len(t) for t in looked_up]
+        catch_up = getattr(self.proposer, "catch_up_tokens", None)
         self._specs = [
             SpecRequest(
                 s.seq_id,
@@ -206,8 +207,9 @@ class Speculator:
                 s.tenant_id,
                 s.adapter_id,
                 max_proposals=limit,
+                draft_catch_up=catch_up(s.seq_id, v.token_ids) if catch_up and limit else 0,
             )
-            for s, policy, limit in zip(decoding, policies, limits, strict=True)
+            for s, v, policy, limit in zip(decoding, views, policies, limits, strict=True)
         ]
         plan = self.controller.plan(
             self._specs, prefill_tokens=prefill_tokens, token_budget=token_budget

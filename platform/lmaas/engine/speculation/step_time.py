@@ -1,13 +1,16 @@
 """The step-time model: seconds per engine step, linear in what the step computes, fitted online.
 
     t = c0 + c_seq·n + c_prop·Σk_i + c_pre·prefill + c_ctx·Σctx_i + c_dstep·max k_i
+        + c_catch·catch-up
 
 `n` is the number of decoding requests in the target pass (each brings its last token and
 its per-sequence work: sampling, attention launch, bookkeeping), `Σk_i` the proposed tokens
 they verify (and, with a draft model, the tokens its passes compute), `prefill` the prompt
 tokens in the same step (chunked prefill), `Σctx_i` the context tokens attended to, and —
-only for a draft-model proposer — `max k_i` its sequential draft passes. Prompt lookup
-costs ~nothing to propose, so its draft-steps feature is zero.
+only for a draft-model proposer — `max k_i` its sequential draft passes and `catch-up` the
+tokens its first pass feeds beyond one per proposing request (a request's draft cache
+misses every token since it last proposed: the whole prompt the first time). Prompt
+lookup costs ~nothing to propose, so its two draft features are zero.
 
 Why `n` and `Σk` are separate features (an earlier model had one "batched tokens"
 Σ(k_i+1) feature): a request and a proposal are different work — a request brings its
@@ -54,6 +57,7 @@ FEATURE_NAMES = (
     "prefill_tokens",
     "context_tokens",
     "draft_steps",
+    "draft_catch_up_tokens",
 )
 _PROPOSED = FEATURE_NAMES.index("proposed_tokens")
 
@@ -67,6 +71,7 @@ class StepFeatures:
     context_tokens: int  # Σ ctx_i over decoding requests
     prefill_tokens: int = 0
     draft_steps: int = 0  # max k_i (draft-model proposer only)
+    draft_catch_up_tokens: int = 0  # fed beyond one per proposing request (draft only)
 
     @property
     def batched_tokens(self) -> int:
@@ -82,6 +87,7 @@ class StepFeatures:
                 self.prefill_tokens,
                 self.context_tokens,
                 self.draft_steps,
+                self.draft_catch_up_tokens,
             ],
             dtype=np.float64,
         )
