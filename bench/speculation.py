@@ -235,6 +235,7 @@ async def run_load(
 
     spec = engine.speculator
     before = spec.stats.snapshot() if spec is not None else None
+    _TRACE["run"] = f"{tag}|{policy}"
     t0 = time.perf_counter() + 0.05
     results = await asyncio.gather(
         *(
@@ -264,6 +265,56 @@ async def run_load(
         ) / max(1, sum(after["chosen_k"].values()) - sum(before["chosen_k"].values()))
         out["spec_steps"] = steps
     return out
+
+
+_TRACE: dict = {"run": "", "file": None}
+
+
+def trace_steps(engines: dict, path: Path) -> None:
+    """Append every step of `engines` to `path` (JSON lines): the run, what the SmartSpec
+    models predicted (step seconds, tokens) and what was measured (`Speculator.on_step`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = _TRACE["file"] = path.open("a")
+
+    def recorder(name: str):
+        def record(step: dict) -> None:
+            out.write(json.dumps({"engine": name, "run": _TRACE["run"], **step}) + "\n")
+
+        return record
+
+    for name, engine in engines.items():
+        engine.speculator.on_step = recorder(name)
+
+
+def summarise_trace(path: Path) -> str:
+    """Per engine and policy: steps, mean k, measured / predicted step seconds (median and
+    mean), emitted / predicted tokens — how well the controller's models fit."""
+    import statistics
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for line in path.read_text().splitlines():
+        step = json.loads(line)
+        policy = step["run"].rsplit("|", 1)[-1]
+        if step["run"].startswith("w-") or not step["ks"]:
+            continue  # warm-up, or no decoding request
+        groups.setdefault((step["engine"], policy), []).append(step)
+    rows = [
+        "| engine | policy | steps | mean k | time measured / predicted, median | mean "
+        "| tokens emitted / predicted |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (engine, policy), steps in sorted(groups.items()):
+        ratios = [s["measured_s"] / s["predicted_s"] for s in steps if s["predicted_s"] > 0]
+        ks = [k for s in steps for k in s["ks"]]
+        emitted = sum(s["emitted_tokens"] for s in steps)
+        predicted = sum(s["predicted_tokens"] for s in steps)
+        rows.append(
+            f"| {engine} | {policy} | {len(steps)} | {sum(ks) / max(1, len(ks)):.2f} | "
+            f"{statistics.median(ratios):.2f} | "
+            f"{sum(s['measured_s'] for s in steps) / sum(s['predicted_s'] for s in steps):.2f} | "
+            f"{emitted / max(predicted, 1e-9):.2f} |"
+        )
+    return "\n".join(rows)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -541,12 +592,19 @@ def main() -> None:
         help="interleaved repetitions per rate (odd ones in the reverse order), pooled",
     )
     parser.add_argument("--report", action="store_true", help="only rewrite the .md from the JSON")
+    parser.add_argument(
+        "--trace", help="append every step (predicted vs measured time and tokens) to this file"
+    )
+    parser.add_argument("--trace-summary", help="print the table of a --trace file and exit")
     parser.add_argument("--osd-traffic", type=int, default=32)
     parser.add_argument("--osd-heldout", type=int, default=12)
     parser.add_argument("--osd-max-tokens", type=int, default=64)
     parser.add_argument("--osd-steps", type=int, default=60)
     args = parser.parse_args()
     md = Path(args.out).with_suffix(".md")
+    if args.trace_summary:
+        print(summarise_trace(Path(args.trace_summary)))
+        return
     if args.report:
         md.write_text(report(json.loads(Path(args.out).read_text())))
         return
@@ -593,8 +651,11 @@ def main() -> None:
             "prompt_lookup": make_engine(folder, "prompt_lookup", None, args.threads, 5),
             "draft": make_engine(folder, "draft", str(CACHE / "drafts"), args.threads, 5),
         }
-        for name, engine in engines.items():
+        for engine in engines.values():
             await engine.start()
+        if args.trace:
+            trace_steps(engines, Path(args.trace))
+        for name, engine in engines.items():
             t = time.monotonic()
             await warm_up(engine, 16)
             log(f"{name}: warmed up in {time.monotonic() - t:.1f}s")
