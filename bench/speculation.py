@@ -422,11 +422,12 @@ async def latency_grid(args, engines: dict, results: Results) -> None:
     ratios."""
     rates = args.rates
     for workload in args.workloads:
-        results.reset(workload)
+        if not args.first_rep:
+            results.reset(workload)
         for i, rate in enumerate(rates):
             prompts = workload_prompts(workload, args.requests)
             arrivals = poisson_arrivals(rate, args.requests, seed=1000 + i)
-            for rep in range(args.reps):
+            for rep in range(args.first_rep, args.first_rep + args.reps):
                 off_tokens = None
                 for position, (proposer, policy) in enumerate(grid_order(rep)):
                     tag = f"{workload}-{proposer}-{policy}-{rate}-{rep}"
@@ -594,6 +595,13 @@ def main() -> None:
         default=2,
         help="interleaved repetitions per rate (odd ones in the reverse order), pooled",
     )
+    parser.add_argument(
+        "--first-rep",
+        type=int,
+        default=0,
+        help="number the repetitions from this one and pool them with the JSON's (more "
+        "repetitions of an earlier grid); 0 = a new grid",
+    )
     parser.add_argument("--report", action="store_true", help="only rewrite the .md from the JSON")
     parser.add_argument(
         "--trace", help="append every step (predicted vs measured time and tokens) to this file"
@@ -640,7 +648,13 @@ def main() -> None:
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    results = Results(Path(args.out), None if args.exactness else meta)
+    results = Results(Path(args.out), None if args.exactness or args.first_rep else meta)
+    if args.first_rep and not args.exactness:
+        setup = results.data["setup"]
+        setup["reps"] = args.first_rep + args.reps
+        setup.setdefault("more_reps", []).append(
+            {"first_rep": args.first_rep, "reps": args.reps, "started": meta["started"]}
+        )
 
     async def run_all() -> None:
         if args.exactness:
