@@ -17,9 +17,12 @@ from lmaas.engine.speculation import SmartSpecController, SpecRequest, StepFeatu
 
 @dataclass
 class TrueCost:
-    """The machine: seconds = c0 + c_tok·tokens + c_ctx·ctx + c_dstep·max k + c_dtok·Σk (+ noise)."""
+    """The machine: seconds = c0 + c_seq·requests + c_tok·tokens + c_ctx·ctx + c_dstep·max k
+    + c_dtok·Σk (+ noise). `c_seq` is a per-request overhead (sampling, kernel launches per
+    sequence: what dominates a small model on a CPU); `tokens` are all query tokens."""
 
     c0: float = 0.010
+    c_seq: float = 0.0
     c_tok: float = 0.0001
     c_ctx: float = 0.0
     c_dstep: float = 0.002
@@ -29,10 +32,11 @@ class TrueCost:
     def seconds(self, f: StepFeatures, rng: random.Random) -> float:
         t = (
             self.c0
+            + self.c_seq * f.sequences
             + self.c_tok * (f.batched_tokens + f.prefill_tokens)
             + self.c_ctx * f.context_tokens
             + self.c_dstep * f.draft_steps
-            + self.c_dtok * f.draft_tokens
+            + (self.c_dtok * f.proposed_tokens if f.draft_steps else 0.0)
         )
         return t * (1.0 + self.noise * rng.uniform(-1, 1))
 
@@ -116,6 +120,7 @@ def true_goodput(alpha: float, batch: int, cost: TrueCost, k: int, ctx: int = 10
     """Expected tokens per second of a uniform batch all proposing k."""
     t = (
         cost.c0
+        + cost.c_seq * batch
         + cost.c_tok * batch * (k + 1)
         + cost.c_ctx * batch * ctx
         + cost.c_dstep * k

@@ -103,6 +103,109 @@ def test_prompt_lookup_verifies_only_what_pays() -> None:
     assert _late_ks(result).most_common(1)[0][0] >= 6
 
 
+def _fitted(cost: TrueCost, *, proposer: str, max_k: int = 5, steps: int = 300):
+    """A controller whose step-time model saw `steps` steps of varied batches and k."""
+    import random
+
+    rng = random.Random(5)
+    ctl = SmartSpecController(max_k=max_k, proposer=proposer, redecide_every=1)  # type: ignore[arg-type]
+    for _ in range(steps):
+        n = rng.randint(1, 10)
+        ks = [rng.randint(0, max_k) for _ in range(n)]
+        batch = [SpecRequest(i, 200) for i in range(n)]
+        f = ctl.features(batch, ks)
+        ctl.observe_step(f, cost.seconds(f, rng))
+    return ctl
+
+
+def _choice(ctl: SmartSpecController, alpha: float, n: int, max_k: int = 5) -> list[int]:
+    """k per request once each of `n` requests has a record of acceptance `alpha`."""
+    batch = [SpecRequest(f"r{i}", 200, tenant_id="t") for i in range(n)]
+    ctl.plan(batch)
+    for i in range(n):  # 40 verifications at max k, accepted like i.i.d. trials at alpha
+        for m in range(40):
+            accepted = 0
+            while accepted < max_k and (m * 7 + accepted * 13 + i) % 100 < alpha * 100:
+                accepted += 1
+            ctl.observe_verification(f"r{i}", max_k, accepted)
+    return ctl.plan(batch).ks
+
+
+# The machine SmartSpec under-speculated on: a CPU where a step costs ≈ 25 ms, a request
+# ≈ 4 ms more and a verified proposal ≈ 0.3 ms (per-layer and per-sequence overheads).
+FLAT = TrueCost(c0=0.020, c_seq=0.004, c_tok=0.0003, c_dstep=0.0, c_dtok=0.0, noise=0.05)
+STEEP = TrueCost(c0=0.005, c_seq=0.0, c_tok=0.004, c_dstep=0.004, c_dtok=0.001, noise=0.05)
+
+
+def test_flat_step_time_and_high_acceptance_propose_the_most() -> None:
+    ctl = _fitted(FLAT, proposer="ngram")
+    assert ctl.step_model.coefficients["proposed_tokens"] < 0.001  # not a request's cost
+    assert _choice(ctl, 0.8, n=6) == [5] * 6
+
+
+def test_flat_step_time_proposes_even_at_modest_acceptance() -> None:
+    # A proposal at position 1 accepted 35% of the time is worth ~0.35 tokens for 0.3 ms
+    # of a ≈ 45 ms step: verifying it pays, and so do the next ones.
+    ctl = _fitted(FLAT, proposer="ngram")
+    ks = _choice(ctl, 0.35, n=4)
+    assert min(ks) >= 3, ks
+
+
+def test_steep_step_time_and_low_acceptance_propose_nothing() -> None:
+    ctl = _fitted(STEEP, proposer="draft")
+    assert _choice(ctl, 0.1, n=8) == [0] * 8
+
+
+def test_a_long_draft_catch_up_is_worth_it_only_for_good_acceptance() -> None:
+    """A draft pass costs ~4 ms and catching a request's draft cache up ~0.1 ms a token
+    (it has not seen the request's 300-token prompt yet): at 25% acceptance that is not
+    worth it, once caught up it is, and at 90% it is worth it either way."""
+    cost = TrueCost(c0=0.024, c_seq=0.001, c_tok=0.0003, c_dstep=0.004, noise=0.02)
+    ctl = SmartSpecController(max_k=5, proposer="draft", redecide_every=1)
+    import random
+
+    rng = random.Random(2)
+    for _ in range(300):
+        n = rng.randint(1, 6)
+        ks = [rng.randint(0, 5) for _ in range(n)]
+        lags = [rng.choice([0, 0, 0, rng.randint(1, 400)]) for _ in range(n)]
+        batch = [SpecRequest(i, 200, draft_catch_up=lag) for i, lag in enumerate(lags)]
+        f = ctl.features(batch, ks)
+        ctl.observe_step(f, cost.seconds(f, rng) + 0.0001 * f.draft_catch_up_tokens)
+    assert ctl.step_model.coefficients["draft_catch_up_tokens"] == pytest.approx(1e-4, rel=0.3)
+
+    def choice(alpha: float, lag: int) -> list[int]:
+        rid = f"{alpha}-{lag}"
+        batch = [SpecRequest(rid, 200, tenant_id=f"{alpha}", draft_catch_up=lag)]
+        ctl.plan(batch)
+        for m in range(40):
+            accepted = 0
+            while accepted < 5 and (m * 7 + accepted * 13) % 100 < alpha * 100:
+                accepted += 1
+            ctl.observe_verification(rid, 5, accepted)
+        return ctl.plan(batch).ks
+
+    assert choice(0.25, lag=300) == [0]
+    assert choice(0.25, lag=0)[0] >= 1
+    assert choice(0.9, lag=300)[0] >= 3
+
+
+def test_lumping_requests_and_proposals_would_under_speculate() -> None:
+    """The simulated CPU: SmartSpec's steady-state k is fixed:5's, and its time too."""
+    assert best_fixed_k(0.7, 6, FLAT, max_k=5) == 5
+    reqs = [SimRequest(i, 0.7, remaining=400) for i in range(6)]
+    smart = simulate(reqs, FLAT, max_k=5, proposer="ngram", seed=3)
+    assert _late_ks(smart).most_common(1)[0][0] == 5
+    fixed = simulate(
+        [SimRequest(i, 0.7, remaining=400, policy="fixed:5") for i in range(6)],
+        FLAT,
+        max_k=5,
+        proposer="ngram",
+        seed=3,
+    )
+    assert smart.total_seconds <= 1.05 * fixed.total_seconds
+
+
 def test_per_request_k_follows_each_requests_acceptance() -> None:
     cost = TrueCost(c0=0.010, c_tok=0.0003, c_dstep=0.001)
     reqs = [SimRequest(i, 0.9, tenant="good", remaining=400) for i in range(4)]
@@ -157,7 +260,7 @@ def test_controller_ignores_warmup_outliers() -> None:
     ctl = SmartSpecController(max_k=6)
     # The first steps of a fresh engine are 100x slower (allocations, compilation).
     for n in range(3):
-        f = StepFeatures(batched_tokens=1, context_tokens=10)
+        f = StepFeatures(sequences=1, proposed_tokens=0, context_tokens=10)
         ctl.observe_step(f, 1.0 + n)
     result = simulate([SimRequest(0, 0.9, remaining=300)], cost, controller=ctl, max_k=6)
     best = best_fixed_k(0.9, 1, cost, 6)

@@ -91,6 +91,33 @@ def test_estimator_learns_per_position_rates_with_censoring() -> None:
         assert g == pytest.approx(t, abs=0.05)
 
 
+def test_all_or_nothing_acceptance_keeps_deep_positions_high() -> None:
+    """Prompt lookup on grounded text: a verification is mostly all or nothing (conditional
+    rates ≈ 0.5, 0.8, 0.9, 0.9, 0.95). A request whose first proposals keep failing gets a
+    low a_1, but its deeper positions keep its tenant's (high) rates there, not its own
+    pooled rate: once a proposal is accepted the next ones likely are too."""
+    rng = random.Random(4)
+    true = [0.5, 0.8, 0.9, 0.92, 0.96]
+    priors = AcceptancePriors()
+    for _request in range(40):  # the tenant's traffic so far
+        other = AcceptanceEstimator(priors, "acme")
+        for _ in range(10):
+            priors.advance()
+            accepted = 0
+            while accepted < 5 and rng.random() < true[accepted]:
+                accepted += 1
+            other.observe(5, accepted)
+    unlucky = AcceptanceEstimator(priors, "acme")
+    for _ in range(4):
+        priors.advance()
+        unlucky.observe(5, 0)
+    rates = unlucky.rates(5)
+    assert rates[0] < 0.3
+    assert min(rates[1:]) > 0.7
+    assert rates[1] < rates[2] < rates[4]
+    assert unlucky.pooled() < 0.45  # what positions 2–5 used to lean on
+
+
 def test_estimator_follows_drift() -> None:
     priors = AcceptancePriors()
     est = AcceptanceEstimator(priors, "k")
@@ -132,15 +159,17 @@ def _features(rng: random.Random) -> StepFeatures:
     batch = rng.randint(1, 64)
     ks = [rng.randint(0, 4) for _ in range(batch)]
     return StepFeatures(
-        batched_tokens=batch + sum(ks),
+        sequences=batch,
+        proposed_tokens=sum(ks),
         context_tokens=sum(rng.randint(10, 2000) for _ in range(batch)),
         prefill_tokens=rng.choice([0, 0, 0, rng.randint(1, 512)]),
         draft_steps=max(ks),
-        draft_tokens=sum(ks),
+        draft_catch_up_tokens=rng.choice([0, 0, rng.randint(1, 400)]) if any(ks) else 0,
     )
 
 
-TRUE = (0.008, 0.0002, 0.00005, 0.0000004, 0.0015, 0.00003)
+# constant, sequences, proposed tokens, prefill tokens, context tokens, draft steps, catch-up
+TRUE = (0.008, 0.0002, 0.00023, 0.00005, 0.0000004, 0.0015, 0.00004)
 
 
 def _true_seconds(f: StepFeatures) -> float:
@@ -157,7 +186,11 @@ def test_step_model_recovers_the_coefficients() -> None:
     for f in (_features(rng) for _ in range(50)):
         assert model.predict(f) == pytest.approx(_true_seconds(f), rel=0.1)
     coef = model.coefficients
-    assert coef["draft_steps"] == pytest.approx(TRUE[4], rel=0.2)
+    assert coef["draft_steps"] == pytest.approx(TRUE[5], rel=0.2)
+    # Σk ≈ 2n in these steps, so the data barely split the two costs: the "flat in tokens"
+    # prior leans the proposals' share towards 0, never the other way.
+    assert 0.5 * TRUE[2] <= coef["proposed_tokens"] <= 1.1 * TRUE[2]
+    assert coef["draft_catch_up_tokens"] == pytest.approx(TRUE[6], rel=0.2)
     assert all(v >= 0 for v in coef.values())
 
 

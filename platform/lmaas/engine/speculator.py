@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -46,7 +47,7 @@ import torch
 from lmaas.engine.engine_config import EngineConfig
 from lmaas.engine.sampler import SamplingRow
 from lmaas.engine.sequence import Sequence, SequenceStatus
-from lmaas.engine.speculation.controller import SmartSpecController, SpecRequest
+from lmaas.engine.speculation.controller import SmartSpecController, SpecPlan, SpecRequest
 from lmaas.engine.speculation.metrics import SpecMetrics, SpecStats
 from lmaas.engine.speculation.osd_buffer import OSDRecorder
 from lmaas.engine.speculation.paged_draft import DraftCacheFull, PagedDraftBackend
@@ -110,6 +111,10 @@ class Speculator:
         self._specs: list[SpecRequest] = []
         self._ks: list[int] = []
         self._started = 0.0
+        self._plan: SpecPlan | None = None
+        # Called after each step with what the controller predicted and what happened
+        # (`end_step`): a bench's or an operator's trace of the models, off by default.
+        self.on_step: Callable[[dict], None] | None = None
         self._lock = threading.Lock()
         self._next_proposer: Proposer | None = None
 
@@ -183,7 +188,7 @@ class Speculator:
             and not s.is_prefilling
             and s.num_computed_tokens == s.num_tokens - 1
         ]
-        self._specs, self._ks = [], []
+        self._specs, self._ks, self._plan = [], [], None
         if not decoding or self.max_k == 0:
             return
         limits = [
@@ -198,6 +203,7 @@ class Speculator:
             found = self.proposer.propose(views, [min(self.max_k, m) for m in limits])
             looked_up = found.token_ids
             limits = [len(t) for t in looked_up]
+        catch_up = getattr(self.proposer, "catch_up_tokens", None)
         self._specs = [
             SpecRequest(
                 s.seq_id,
@@ -206,10 +212,11 @@ class Speculator:
                 s.tenant_id,
                 s.adapter_id,
                 max_proposals=limit,
+                draft_catch_up=catch_up(s.seq_id, v.token_ids) if catch_up and limit else 0,
             )
-            for s, policy, limit in zip(decoding, policies, limits, strict=True)
+            for s, v, policy, limit in zip(decoding, views, policies, limits, strict=True)
         ]
-        plan = self.controller.plan(
+        plan = self._plan = self.controller.plan(
             self._specs, prefill_tokens=prefill_tokens, token_budget=token_budget
         )
         ks = plan.ks
@@ -358,6 +365,19 @@ class Speculator:
         is done): its time and what it produced."""
         seconds = time.perf_counter() - self._started
         features = self.controller.features(self._specs, self._ks, prefill_tokens)
+        if self.on_step is not None and self._plan is not None:
+            self.on_step(
+                {
+                    "ks": list(self._ks),
+                    "policies": [str(s.policy) for s in self._specs],
+                    "exploring": self._plan.exploring,
+                    "prefill_tokens": prefill_tokens,
+                    "predicted_s": self.controller.step_model.predict(features),
+                    "measured_s": seconds,
+                    "predicted_tokens": self._plan.predicted_tokens,
+                    "emitted_tokens": num_decode_tokens,
+                }
+            )
         self.controller.observe_step(features, seconds)
         if self._specs:
             self.stats.record_step(seconds, self._ks, num_decode_tokens)

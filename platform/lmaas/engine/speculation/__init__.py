@@ -15,7 +15,9 @@ prefill tokens of other requests in the same pass):
 
 1. `specs = [SpecRequest(id, num_cached_tokens, resolve_policy(service, request, max_k=K),
    tenant_id, adapter_id)]`. With prompt lookup, first `proposer.propose(seqs, [K]*n)`
-   (microseconds) and set each `max_proposals` to what it found.
+   (microseconds) and set each `max_proposals` to what it found; with a draft model, set
+   each `draft_catch_up` to `proposer.catch_up_tokens(id, tokens)` (what its draft cache
+   has not seen yet: a cost the controller weighs).
 2. `plan = controller.plan(specs, prefill_tokens=P, token_budget=room)` → `plan.ks`.
 3. With a draft model, `proposal = proposer.propose(seqs, plan.ks)`; with prompt lookup,
    cut the proposals to `plan.ks`. `SpecSequence` carries each request's sampling params

@@ -7,8 +7,9 @@ that the controller keeps
 
 - per-position acceptance rates per request, over (tenant, adapter) priors
   (`acceptance.py`), giving E_i(k) = 1 + a_1 + a_1·a_2 + … tokens per verification;
-- a step-time model T(k_1..k_n) fitted online (`step_time.py`), linear in the batched
-  tokens, prefill tokens, context tokens and the draft's sequential steps and tokens.
+- a step-time model T(k_1..k_n) fitted online (`step_time.py`), linear in the number of
+  decoding requests, the proposed tokens Σk_i, prefill and context tokens, the draft's
+  sequential passes max k_i and the tokens its first pass catches up on.
 
 and chooses k to maximise the predicted goodput ΣE_i(k_i) / T(k). Per request, under a
 shared maximum: for each level m = 0..max_k of the shared draft depth (the draft model
@@ -16,7 +17,12 @@ runs max k_i sequential passes whoever asked for them), the increments "request 
 proposes its j-th token" (j ≤ m) all cost the same, so they are taken greedily by
 marginal gain a_i1⋯a_ij while that gain per cost beats the current goodput (which is
 exactly when adding it raises the ratio) and fits the step's token budget; the best level
-wins. Speculation must beat k = 0 for everyone by `margin` (×1.1), else nobody speculates.
+wins. A draft model must first catch up on every token a request's draft cache has not
+seen (`SpecRequest.draft_catch_up`: the whole prompt the first time, every step it did not
+propose at since), a cost per request rather than per proposal: after the greedy pass,
+each request whose catch-up costs more than its proposals gain is dropped (most
+expensive first). Speculation must beat k = 0 for everyone by `margin` (×1.02: a hedge against the
+models' errors, not a second objective), else nobody speculates.
 Decisions are kept for `redecide_every` steps while the batch (and what the proposer can
 offer) stays the same. `fixed:K` requests always get K (capped by what was proposed);
 `off` requests 0. Until the step-time model has a few steps, one or two requests at a
@@ -29,7 +35,11 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmaas.engine.speculation.acceptance import AcceptanceEstimator, AcceptancePriors
+from lmaas.engine.speculation.acceptance import (
+    AcceptanceEstimator,
+    AcceptancePriors,
+    expected_tokens,
+)
 from lmaas.engine.speculation.policy import DEFAULT_POLICY, SpecPolicy, parse_policy
 from lmaas.engine.speculation.step_time import StepFeatures, StepTimeModel
 
@@ -58,6 +68,7 @@ class SpecRequest:
     tenant_id: str = ""
     adapter_id: str | None = None
     max_proposals: int | None = None  # what the proposer has for it (prompt lookup); None = any
+    draft_catch_up: int = 0  # tokens the draft must feed before proposing, beyond the usual 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, SpecPolicy):
@@ -87,7 +98,7 @@ class SmartSpecController:
         *,
         max_k: int,
         proposer: Literal["draft", "ngram"] = "draft",
-        margin: float = 1.1,
+        margin: float = 1.02,
         redecide_every: int = 4,
         step_model: StepTimeModel | None = None,
         priors: AcceptancePriors | None = None,
@@ -144,11 +155,16 @@ class SmartSpecController:
         """The step-time features of running `requests` with proposals `ks`."""
         draft = self.proposer == "draft"
         return StepFeatures(
-            batched_tokens=sum(ks) + len(ks),
+            sequences=len(ks),
+            proposed_tokens=sum(ks),
             context_tokens=sum(r.context_len for r in requests),
             prefill_tokens=prefill_tokens,
             draft_steps=max(ks, default=0) if draft else 0,
-            draft_tokens=sum(ks) if draft else 0,
+            draft_catch_up_tokens=(
+                sum(r.draft_catch_up for r, k in zip(requests, ks, strict=True) if k)
+                if draft
+                else 0
+            ),
         )
 
     def plan(
@@ -235,17 +251,20 @@ class SmartSpecController:
         token_budget: int | None,
     ) -> list[int]:
         """Greedy marginal-gain allocation per shared level; the best level, or all zeros."""
-        c0, c_tok, c_pre, c_ctx, c_dstep, c_dtok = (float(v) for v in self.step_model.theta())
+        c0, c_seq, c_prop, c_pre, c_ctx, c_dstep, c_catch = (
+            float(v) for v in self.step_model.theta()
+        )
         if self.proposer != "draft":
-            c_dstep = c_dtok = 0.0
+            c_dstep = c_catch = 0.0
         fixed_sum = sum(fixed_ks)
         fixed_max = max(fixed_ks, default=0)
         base_time = (
             c0
-            + c_tok * (len(requests) + fixed_sum)
+            + c_seq * len(requests)
+            + c_prop * fixed_sum
             + c_pre * prefill_tokens
             + c_ctx * sum(r.context_len for r in requests)
-            + c_dtok * fixed_sum
+            + c_catch * sum(r.draft_catch_up for r, k in zip(requests, fixed_ks, strict=True) if k)
         )
         smart_set = set(smart)
         base_tokens = float(len(requests)) + sum(
@@ -254,8 +273,13 @@ class SmartSpecController:
             if i not in smart_set and fixed_ks[i]
         )
         room = None if token_budget is None else token_budget - len(requests) - fixed_sum
-        increment_cost = c_tok + c_dtok
+        increment_cost = c_prop
         rates = {i: self._estimators[requests[i].request_id].rates(caps[i]) for i in smart}
+
+        def tokens_of(i: int):
+            return lambda k: expected_tokens(rates[i], k)
+
+        expected = {i: tokens_of(i) for i in smart}
         # Marginal gain of request i's j-th proposal: a_i1⋯a_ij (non-increasing in j).
         gains: list[tuple[float, int, int]] = []
         for i in smart:
@@ -283,6 +307,16 @@ class SmartSpecController:
                 used += 1
             depth = max(max(alloc.values(), default=0), fixed_max)
             time += c_dstep * (depth - max(level, fixed_max))
+            # Catch-up: a cost per proposing request, dropped where it outweighs the gain.
+            catch = {i: c_catch * requests[i].draft_catch_up for i in alloc}
+            time += sum(catch.values())
+            for i in sorted(alloc, key=catch.__getitem__, reverse=True):
+                gain = expected[i](alloc[i]) - 1.0
+                cost = catch[i] + increment_cost * alloc[i]
+                if catch[i] > 0 and gain * time <= tokens * cost:  # dropping i raises the ratio
+                    tokens -= gain
+                    time -= cost
+                    del alloc[i]
             return tokens / max(time, 1e-12), alloc
 
         best_goodput, best_alloc = evaluate(0)

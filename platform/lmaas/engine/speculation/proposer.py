@@ -132,6 +132,14 @@ class DraftModelProposer:
         self._cached.pop(seq_id, None)
         self.backend.release(seq_id)
 
+    def catch_up_tokens(self, seq_id: Hashable, token_ids: Sequence[int]) -> int:
+        """How many tokens beyond the usual one the draft would feed `seq_id` before its
+        first proposal now (what its draft cache has not seen: the whole prompt the first
+        time, the steps it did not propose at since): the catch-up the controller weighs."""
+        cached = self._cached.get(seq_id, [])
+        common = min(_common_prefix(cached, token_ids), len(token_ids) - 1)
+        return max(0, len(token_ids) - common - 1)
+
     def _catch_up(self, seq: SpecSequence) -> list[int]:
         """Roll the draft cache back to what it shares with `seq`; the tokens to feed."""
         cached = self._cached.setdefault(seq.seq_id, [])

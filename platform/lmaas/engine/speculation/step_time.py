@@ -1,24 +1,44 @@
 """The step-time model: seconds per engine step, linear in what the step computes, fitted online.
 
-    t = c0 + c_tok·Σ(k_i+1) + c_pre·prefill + c_ctx·Σctx_i + c_dstep·max k_i + c_dtok·Σk_i
+    t = c0 + c_seq·n + c_prop·Σk_i + c_pre·prefill + c_ctx·Σctx_i + c_dstep·max k_i
+        + c_catch·catch-up
 
-`Σ(k_i+1)` are the decode/verification query tokens of the target pass, `prefill` the
-prompt tokens in the same step (chunked prefill), `Σctx_i` the context tokens attended to,
-and — only for a draft-model proposer — `max k_i` its sequential draft passes and `Σk_i`
-the tokens those passes compute. Prompt lookup costs ~nothing, so its two draft features
-are zero and their coefficients unused.
+`n` is the number of decoding requests in the target pass (each brings its last token and
+its per-sequence work: sampling, attention launch, bookkeeping), `Σk_i` the proposed tokens
+they verify (and, with a draft model, the tokens its passes compute), `prefill` the prompt
+tokens in the same step (chunked prefill), `Σctx_i` the context tokens attended to, and —
+only for a draft-model proposer — `max k_i` its sequential draft passes and `catch-up` the
+tokens its first pass feeds beyond one per proposing request (a request's draft cache
+misses every token since it last proposed: the whole prompt the first time). Prompt
+lookup costs ~nothing to propose, so its two draft features are zero.
+
+Why `n` and `Σk` are separate features (an earlier model had one "batched tokens"
+Σ(k_i+1) feature): a request and a proposal are different work — a request brings its
+sampling, its KV reads and its bookkeeping, a proposal one more query row over KV already
+read — and where the two differ (a GPU, a long context) one coefficient for both
+mis-charges one of them. (Measured on the default model with one
+CPU thread, quiet machine: c0 ≈ 24 ms, ≈ 0.85 ms per request and ≈ 0.85 ms per proposal,
+so here the two happen to cost the same.)
 
 Fit: exponentially weighted least squares (forgetting λ = 0.99 per step, ~100 steps of
-memory) with a ridge that does NOT decay: (Σλ^age·w·xxᵀ + ρ·diag(s²))θ = Σλ^age·w·x·y,
-`s²` the largest running mean of each feature's square, so ρ counts "typical steps". The ridge keeps
-directions the recent batches did not excite (e.g. draft cost while nobody speculated) from
-drifting to nonsense — the covariance wind-up of plain RLS with forgetting — and pulls
-them slowly back to 0, which makes the controller re-try speculation from time to time.
-Robustness to the first steps (lazy initialisation, allocator growth, compilation) and to
-outliers (a GC pause, a noisy neighbour, the first step at a new batch size): the first
-`warmup` steps are ignored; of the next `min_steps`, those slower than `outlier_ratio`×
-their median are dropped before the first fit; every later step is Huber-weighted against
-a running scale of the residuals. Coefficients are
+memory) with a ridge that does NOT decay: (Σλ^age·w·xxᵀ + diag(ρ·s²))θ = Σλ^age·w·x·y,
+`s²` the largest running mean of each feature's square, so ρ counts "typical steps". The
+ridge is the prior: ρ = `ridge` (0.05 steps) on every coefficient but the proposal
+tokens', which gets `token_prior` (0.5 steps) — "a step costs the same whatever the number
+of tokens it verifies, until the data says otherwise". Where proposals come nearly in
+proportion to the batch (everyone at the same k) the data can hardly tell the two costs
+apart and the prior leans the split towards the requests; where the verified tokens do
+cost (a GPU at a large batch), steps at different k outweigh half a pseudo-step quickly.
+(A stronger prior is not free: when the controller then keeps one k for every step, the
+cost of the k it never tries is an extrapolation that the prior, not data, decides.)
+The ridge also keeps directions the recent batches did not excite (e.g. draft cost while nobody
+speculated) from drifting to nonsense — the covariance wind-up of plain RLS with
+forgetting — and pulls them slowly back to 0, which makes the controller re-try
+speculation from time to time. Robustness to the first steps (lazy initialisation,
+allocator growth, compilation) and to outliers (a GC pause, a noisy neighbour, the first
+step at a new batch size): the first `warmup` steps are ignored; of the next `min_steps`,
+those slower than `outlier_ratio`× their median are dropped before the first fit; every
+later step is Huber-weighted against a running scale of the residuals. Coefficients are
 kept non-negative (a step never gets cheaper by doing more work).
 """
 
@@ -32,33 +52,42 @@ __all__ = ["FEATURE_NAMES", "StepFeatures", "StepTimeModel"]
 
 FEATURE_NAMES = (
     "constant",
-    "batched_tokens",
+    "sequences",
+    "proposed_tokens",
     "prefill_tokens",
     "context_tokens",
     "draft_steps",
-    "draft_tokens",
+    "draft_catch_up_tokens",
 )
+_PROPOSED = FEATURE_NAMES.index("proposed_tokens")
 
 
 @dataclass(frozen=True)
 class StepFeatures:
     """What one engine step computes (see the module docstring)."""
 
-    batched_tokens: int  # Σ(k_i + 1) over decoding requests
+    sequences: int  # decoding requests in the target pass
+    proposed_tokens: int  # Σ k_i: proposals verified (and, with a draft, drafted)
     context_tokens: int  # Σ ctx_i over decoding requests
     prefill_tokens: int = 0
     draft_steps: int = 0  # max k_i (draft-model proposer only)
-    draft_tokens: int = 0  # Σ k_i (draft-model proposer only)
+    draft_catch_up_tokens: int = 0  # fed beyond one per proposing request (draft only)
+
+    @property
+    def batched_tokens(self) -> int:
+        """Σ(k_i + 1): the decode/verification query tokens of the target pass."""
+        return self.sequences + self.proposed_tokens
 
     def vector(self) -> np.ndarray:
         return np.array(
             [
                 1.0,
-                self.batched_tokens,
+                self.sequences,
+                self.proposed_tokens,
                 self.prefill_tokens,
                 self.context_tokens,
                 self.draft_steps,
-                self.draft_tokens,
+                self.draft_catch_up_tokens,
             ],
             dtype=np.float64,
         )
@@ -72,6 +101,7 @@ class StepTimeModel:
         *,
         forgetting: float = 0.99,
         ridge: float = 0.05,
+        token_prior: float = 0.5,
         warmup: int = 2,
         min_steps: int = 6,
         huber: float = 3.0,
@@ -82,6 +112,7 @@ class StepTimeModel:
         n = len(FEATURE_NAMES)
         self.forgetting = forgetting
         self.ridge = ridge
+        self.token_prior = token_prior
         self.warmup = warmup
         self.min_steps = min_steps
         self.huber = huber
@@ -166,7 +197,9 @@ class StepTimeModel:
         n = len(FEATURE_NAMES)
         typical = self._scale.copy()
         typical[typical <= 0] = 1.0
-        a = self._xtx + self.ridge * np.diag(typical)
+        strength = np.full(n, self.ridge)
+        strength[_PROPOSED] = self.token_prior
+        a = self._xtx + np.diag(strength * typical)
         b = self._xty.copy()
         free = np.ones(n, dtype=bool)
         theta = np.zeros(n)
