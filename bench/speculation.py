@@ -15,8 +15,9 @@ cut-short bench still leaves its figures.
   capped sizes (`DRAFT_SIZES`, a few minutes) and cached in bench/.cache/speculation;
   `prompt_lookup` — n-gram matches in the prompt and output so far.
 - Policies per request: `off`, `fixed:1`, `fixed:3`, `fixed:5`, `smartspec` (max k 5).
-  `off` never proposes, so it is run once per workload, rate and repetition and reported
-  under both proposers.
+  `off` runs on each proposer's engine (an engine holding a draft model is not the same
+  process state as one without), so each proposer's SmartSpec is compared with `off` on
+  its own engine.
 - Load: Poisson arrivals at each rate (the same seeded arrival times and prompts for
   every policy and repetition); latency = arrival to last token, greedy, fixed output
   length. The runs of a rate are interleaved: `--reps` repetitions, each running every
@@ -401,10 +402,9 @@ async def warm_up(engine, max_tokens: int) -> None:
 
 def grid_order(rep: int) -> list[tuple[str, str]]:
     """The (proposer, policy) runs of one repetition at one rate, interleaved: `off` once
-    (it never proposes: the same run under both proposers), then every speculating policy
-    on each proposer's engine. Odd repetitions run the reverse order, so that a drift of the
+    on each proposer's engine, then every speculating policy on each proposer's engine. Odd repetitions run the reverse order, so that a drift of the
     machine's load over a repetition hits the first and the last policies alike."""
-    runs = [("prompt_lookup", "off")]
+    runs = [(proposer, "off") for proposer in PROPOSERS]
     runs += [(proposer, policy) for proposer in PROPOSERS for policy in POLICIES[1:]]
     return runs if rep % 2 == 0 else runs[::-1]
 
@@ -449,8 +449,7 @@ async def latency_grid(args, engines: dict, results: Results) -> None:
                     )
                     r["rep"], r["position"] = rep, position
                     r["uptime"] = load_average()
-                    for p in PROPOSERS if policy == "off" else [proposer]:
-                        results.put(workload, p, rates, policy, i, r)
+                    results.put(workload, proposer, rates, policy, i, r)
                     log(
                         f"{workload:8s} {proposer:13s} rate {rate:5.2f}/s rep {rep} "
                         f"{policy:9s} mean {r['mean_s']:.3f}s p99 {r['p99_s']:.3f}s "
@@ -775,12 +774,13 @@ def report(data: dict) -> str:
         "every policy runs once before the next repetition (in the reverse order), all on "
         "the same prompts and arrival times, so that load swings of this shared machine "
         "fall on all policies of a rate alike and a cell's spread is the machine's noise "
-        "alone. `off` never "
-        "proposes: it runs once per repetition and is reported under both proposers. "
+        "alone. `off` runs on each proposer's engine. "
         f"Load average (1 min) at the start {setup.get('uptime_at_start')}, at the end "
         f"{setup.get('uptime_at_end')}.",
         "",
     ]
+    if setup.get("note"):
+        lines += [setup["note"], ""]
     checks: list[str] = []
     for workload in ("grounded", "chat"):
         for proposer in PROPOSERS:
