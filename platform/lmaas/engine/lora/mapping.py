@@ -16,6 +16,7 @@ by index, nothing copied), and only longer prompt chunks stay segments for a mat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -96,13 +97,23 @@ class LoraMapping:
         self._device = device
         self._by_slot = by_slot
         self._kernel: tuple[KernelPlan, Segments] | None = None
-        self.segments: list[tuple[slice | torch.Tensor, int]] = [
-            (_index(tokens, device), slot)
-            for slot, tokens in sorted(by_slot.items())
-            if len(tokens) > segment_threshold
+        self._segment_threshold = segment_threshold
+        self._max_range_waste = max_range_waste
+
+    # The torch path's layout is built on first use only: a step the kernel serves never
+    # needs it.
+    @cached_property
+    def segments(self) -> list[tuple[slice | torch.Tensor, int]]:
+        return [
+            (_index(tokens, self._device), slot)
+            for slot, tokens in sorted(self._by_slot.items())
+            if len(tokens) > self._segment_threshold
         ]
-        light = {s: t for s, t in by_slot.items() if len(t) <= segment_threshold}
-        self.packed = _pack(light, device, max_range_waste) if light else None
+
+    @cached_property
+    def packed(self) -> PackedGroups | None:
+        light = {s: t for s, t in self._by_slot.items() if len(t) <= self._segment_threshold}
+        return _pack(light, self._device, self._max_range_waste) if light else None
 
     def kernel_split(self) -> tuple[KernelPlan, Segments]:
         """(the kernel's groups, the segments left to a matmul), built once per step."""
